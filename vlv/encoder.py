@@ -1,0 +1,90 @@
+"""The VLV encoder: image → caption embedding z (77 × d), paper §3.1.
+
+Built on transformers' native Florence-2 (`Florence2Model`): the DaViT vision tower with its image projection and
+LayerNorm (frozen) turns the image into visual tokens; those tokens followed by the embeddings of the task prompt
+run through Florence's BART encoder; Florence's BART decoder takes `num_queries` learnable query embeddings as its
+input sequence and cross-attends to the encoder output; φ = Linear–GELU–Linear maps the decoder output to z.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoTokenizer, Florence2Config, Florence2Model
+
+from vlv.config import EncoderConfig
+from vlv.loading import load_hf_strict
+
+ENCODER_PARTS = ("language_model", "queries", "projection")
+
+
+def build_florence(cfg: EncoderConfig, *, pretrained: bool) -> Florence2Model:
+    """Florence-2 from `cfg.source` when `pretrained` (strict), otherwise randomly initialised from `cfg.arch`."""
+    if pretrained and cfg.source is not None:
+        return load_hf_strict(Florence2Model, cfg.source, revision=cfg.revision)
+    return Florence2Model(Florence2Config(**cfg.arch))
+
+
+def resolve_prompt_ids(cfg: EncoderConfig) -> tuple[int, ...]:
+    """Token ids of the task prompt: from the config, or tokenized with the Florence source's own tokenizer."""
+    if cfg.prompt_token_ids is not None:
+        return tuple(cfg.prompt_token_ids)
+    if cfg.source is None:
+        raise ValueError("encoder config needs `prompt_token_ids` when it has no `source` tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.source, revision=cfg.revision)
+    return tuple(tokenizer(cfg.task_prompt).input_ids)
+
+
+class VLVEncoder(nn.Module):
+    def __init__(self, cfg: EncoderConfig, florence: Florence2Model, prompt_ids: tuple[int, ...]):
+        super().__init__()
+        self.cfg = cfg
+        self.florence = florence
+        d_model = florence.config.text_config.d_model
+        # Why 0.02: BART's own initializer range, so the queries look like ordinary decoder inputs at step 0.
+        self.queries = nn.Parameter(torch.randn(cfg.num_queries, d_model) * 0.02)
+        self.projection = nn.Sequential(nn.Linear(d_model, cfg.z_dim), nn.GELU(), nn.Linear(cfg.z_dim, cfg.z_dim))
+        self.register_buffer("prompt_ids", torch.tensor(prompt_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
+        self.set_trainable(cfg.trainable)
+
+    def set_trainable(self, parts: tuple[str, ...] | list[str]) -> None:
+        """Choose which of `language_model` (BART), `queries`, `projection` get gradients; the vision side never."""
+        unknown = set(parts) - set(ENCODER_PARTS)
+        if unknown:
+            raise ValueError(f"unknown encoder parts {sorted(unknown)}; choose from {ENCODER_PARTS}")
+        self.florence.vision_tower.requires_grad_(False)
+        self.florence.multi_modal_projector.requires_grad_(False)
+        self.florence.language_model.requires_grad_("language_model" in parts)
+        self.queries.requires_grad_("queries" in parts)
+        self.projection.requires_grad_("projection" in parts)
+
+    def train(self, mode: bool = True) -> VLVEncoder:
+        super().train(mode)
+        # The frozen vision side stays in eval mode (no drop-path noise) whatever the caller does.
+        self.florence.vision_tower.eval()
+        self.florence.multi_modal_projector.eval()
+        return self
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights that training can change: BART, queries, φ (the vision side is referenced by its source)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(_FROZEN_PREFIXES)}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, 3, H, W) in [0, 1] → z: (B, num_queries, z_dim)."""
+        B = images.shape[0]
+        x = F.interpolate(images, size=(self.cfg.image_size,) * 2, mode="bicubic", align_corners=False)
+        x = (x.clamp(0, 1) - self.image_mean) / self.image_std
+        with torch.no_grad():  # frozen DaViT + image projection + LayerNorm
+            visual = self.florence.get_image_features(x.to(self.queries.dtype)).pooler_output  # (B, Nv, D)
+        prompt = self.florence.get_input_embeddings()(self.prompt_ids).expand(B, -1, -1)  # (B, Np, D)
+        bart = self.florence.language_model
+        memory = bart.encoder(inputs_embeds=torch.cat([visual, prompt], dim=1)).last_hidden_state  # (B, Nv+Np, D)
+        queries = self.queries.unsqueeze(0).expand(B, -1, -1)  # (B, Nq, D)
+        hidden = bart.decoder(inputs_embeds=queries, encoder_hidden_states=memory, use_cache=False).last_hidden_state  # (B, Nq, D)
+        return self.projection(hidden)  # (B, Nq, z_dim)
+
+
+_FROZEN_PREFIXES = ("florence.vision_tower.", "florence.multi_modal_projector.")
