@@ -25,13 +25,12 @@ class CaptionDecoder(nn.Module):
             self.llm = load_hf_strict(AutoModelForCausalLM, cfg.source, revision=cfg.revision)
         else:
             self.llm = Qwen2ForCausalLM(Qwen2Config(**cfg.arch))
-        if tokenizer is None:
-            if cfg.source is not None:
-                tokenizer = AutoTokenizer.from_pretrained(cfg.source, revision=cfg.revision)
-            else:
-                tokenizer = build_word_tokenizer(cfg.vocabulary, wrap_bos_eos=False)
-        self.tokenizer = tokenizer
-        if self.tokenizer.eos_token_id is None:
+        if tokenizer is None and cfg.source is None:
+            tokenizer = build_word_tokenizer(cfg.vocabulary, wrap_bos_eos=False)
+        elif tokenizer is None and pretrained:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.source, revision=cfg.revision)
+        self.tokenizer = tokenizer  # None only in an architecture-only build of a pretrained source
+        if tokenizer is not None and tokenizer.eos_token_id is None:
             raise ValueError("the caption tokenizer has no EOS token; captions could not stop")
         d_llm = self.llm.config.hidden_size
         self.projector = nn.Sequential(

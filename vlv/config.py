@@ -17,9 +17,9 @@ import json
 from dataclasses import dataclass, field
 
 # The words of the shapes world (MISSION.md §6); the tiny preset reuses them for its word-level tokenizers.
-SHAPES_WORDS = (
-    "a and at the top bottom left right small large red green blue yellow circle square triangle"
-).split()
+SHAPES_WORDS = tuple(
+    "a and at the top bottom left right small large red green blue yellow circle square triangle".split()
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def _section_from_dict(section_cls, d: dict, where: str):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Presets
+# Presets. Architecture dicts use lists, not tuples, so that they equal themselves after a JSON round trip.
 
 
 def _ddpm_scheduler(prediction_type: str) -> dict:
@@ -185,10 +185,10 @@ def _tiny() -> VLVConfig:
                 sample_size=16,
                 in_channels=3,
                 out_channels=3,
-                block_out_channels=(16, 32),
+                block_out_channels=[16, 32],
                 layers_per_block=1,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+                up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
                 cross_attention_dim=32,
                 attention_head_dim=8,
                 norm_num_groups=8,
@@ -276,20 +276,20 @@ def _paper() -> VLVConfig:
                 sample_size=64,
                 in_channels=4,
                 out_channels=4,
-                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-                block_out_channels=(320, 640, 1280, 1280),
+                down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+                block_out_channels=[320, 640, 1280, 1280],
                 layers_per_block=2,
-                attention_head_dim=(5, 10, 20, 20),
+                attention_head_dim=[5, 10, 20, 20],
                 cross_attention_dim=1024,
                 use_linear_projection=True,
             ),
             vae_arch=dict(
                 in_channels=3,
                 out_channels=3,
-                down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4,
-                block_out_channels=(128, 256, 512, 512),
+                down_block_types=["DownEncoderBlock2D"] * 4,
+                up_block_types=["UpDecoderBlock2D"] * 4,
+                block_out_channels=[128, 256, 512, 512],
                 layers_per_block=2,
                 latent_channels=4,
                 sample_size=768,

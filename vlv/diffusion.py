@@ -38,7 +38,8 @@ class DiffusionDecoder(nn.Module):
             self.scheduler = DDPMScheduler.from_pretrained(src, revision=rev, subfolder="scheduler")
         else:
             self.text_encoder = CLIPTextModel(CLIPTextConfig(**cfg.text_encoder_arch))
-            self.tokenizer = build_word_tokenizer(cfg.vocabulary, wrap_bos_eos=True)
+            # An architecture-only build of a pretrained teacher has no tokenizer (it is never used to encode).
+            self.tokenizer = build_word_tokenizer(cfg.vocabulary, wrap_bos_eos=True) if src is None else None
             self.unet = UNet2DConditionModel(**cfg.unet_arch)
             self.vae = AutoencoderKL(**cfg.vae_arch) if cfg.vae_arch is not None else None
             self.scheduler = DDPMScheduler(**cfg.scheduler)

@@ -77,6 +77,18 @@ class VLV(nn.Module):
     def device(self) -> torch.device:
         return self.encoder.queries.device
 
+    # ----- training losses ---------------------------------------------------------------------------------------
+
+    def autoencoder_loss(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Stage-1 loss: the frozen teacher's denoising loss conditioned on CLIP(z). images: (B, 3, H, W) in [0, 1]."""
+        latents = self.diffusion.encode_images(to_batch(images, self.config.diffusion.image_size), generator)
+        c = self.diffusion.condition(self.encoder(images))  # (B, 77, D); gradients reach the encoder through c
+        return self.diffusion.denoising_loss(latents, c, generator)
+
+    def captioner_loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """Stage-2 loss: next-token loss of the captions given the prefix ψ(CLIP(z)). images: (B, 3, H, W)."""
+        return self.captioner.loss(self.diffusion.condition(self.encoder(images)), captions)
+
     # ----- inference API -------------------------------------------------------------------------------------
 
     def preprocess(self, images: ImageInput | list) -> torch.Tensor:

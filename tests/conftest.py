@@ -1,0 +1,42 @@
+"""Shared fixtures: real tiny instances of the real classes, built offline on the CPU."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from vlv.config import preset  # noqa: E402
+from vlv.model import VLV  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+    """A shared tiny model for read-only tests (tests that train build their own)."""
+    return VLV(tiny_config).eval()
+
+
+@pytest.fixture
+def images():
+    """(2, 3, 32, 32) in [0, 1], fixed."""
+    return torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def train_steps(loss_fn, params, steps: int, lr: float) -> list[float]:
+    """Plain Adam steps on `loss_fn()`; returns the losses."""
+    opt = torch.optim.Adam(params, lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

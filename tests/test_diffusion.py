@@ -1,0 +1,110 @@
+import dataclasses
+
+import pytest
+import torch
+
+from vlv.diffusion import DiffusionDecoder
+
+
+def _decoder(tiny_config, **changes):
+    torch.manual_seed(0)
+    return DiffusionDecoder(dataclasses.replace(tiny_config.diffusion, **changes), pretrained=False)
+
+
+def _c(decoder, B=2, seed=0):
+    width = decoder.text_encoder.config.hidden_size
+    return torch.randn(B, 77, width, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_regresses_the_schedulers_target(tiny_config, prediction_type):
+    scheduler = {**tiny_config.diffusion.scheduler, "prediction_type": prediction_type}
+    dec = _decoder(tiny_config, scheduler=scheduler)
+    latents = torch.rand(2, 3, 16, 16) * 2 - 1
+    c = _c(dec)
+    loss = dec.denoising_loss(latents, c, torch.Generator().manual_seed(5))
+    # Recompute by hand with the same random draws.
+    g = torch.Generator().manual_seed(5)
+    noise = torch.randn(latents.shape, generator=g)
+    t = torch.randint(0, 1000, (2,), generator=g)
+    noisy = dec.scheduler.add_noise(latents, noise, t)
+    target = noise if prediction_type == "epsilon" else dec.scheduler.get_velocity(latents, noise, t)
+    with torch.no_grad():
+        pred = dec.unet(noisy, t, encoder_hidden_states=c).sample
+    assert loss.ndim == 0
+    assert torch.allclose(loss, torch.nn.functional.mse_loss(pred, target), atol=1e-6)
+    if prediction_type == "v_prediction":  # the two targets differ, so the test tells them apart
+        assert not torch.allclose(target, noise)
+
+
+def test_unsupported_prediction_type_is_an_error(tiny_config):
+    dec = _decoder(tiny_config, scheduler={**tiny_config.diffusion.scheduler, "prediction_type": "sample"})
+    with pytest.raises(ValueError, match="sample"):
+        dec.denoising_loss(torch.zeros(1, 3, 16, 16), _c(dec, 1))
+
+
+def test_loss_reaches_c_but_not_teacher_weights(tiny_config):
+    dec = _decoder(tiny_config)
+    c = _c(dec).requires_grad_(True)
+    dec.denoising_loss(torch.rand(2, 3, 16, 16), c).backward()
+    assert c.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in dec.parameters())
+
+
+@pytest.mark.parametrize("sampler", ["dpm++", "ddpm"])
+def test_sampling_is_seeded_and_in_range(tiny_config, sampler):
+    dec = _decoder(tiny_config)
+    c = _c(dec)
+    a = dec.sample(c, steps=3, sampler=sampler, generator=torch.Generator().manual_seed(0))
+    b = dec.sample(c, steps=3, sampler=sampler, generator=torch.Generator().manual_seed(0))
+    other = dec.sample(c, steps=3, sampler=sampler, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (2, 3, 16, 16)
+    assert a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b)
+    assert not torch.equal(a, other)
+
+
+def test_unknown_sampler_is_an_error(tiny_config):
+    with pytest.raises(ValueError, match="dpm"):
+        _decoder(tiny_config).sample(torch.zeros(1, 77, 32), steps=2, sampler="euler")
+
+
+def test_guidance_zero_ignores_the_condition(tiny_config):
+    dec = _decoder(tiny_config)
+    kw = dict(steps=2, sampler="ddpm")
+    a = dec.sample(_c(dec, 1, 0), guidance=0.0, generator=torch.Generator().manual_seed(0), **kw)
+    b = dec.sample(_c(dec, 1, 1), guidance=0.0, generator=torch.Generator().manual_seed(0), **kw)
+    c = dec.sample(_c(dec, 1, 1), guidance=2.0, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_latent_space_teacher_with_a_vae(tiny_config):
+    vae_arch = dict(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+    )
+    unet_arch = {**tiny_config.diffusion.unet_arch, "in_channels": 4, "out_channels": 4, "sample_size": 8}
+    dec = _decoder(tiny_config, vae_arch=vae_arch, unet_arch=unet_arch)
+    images = torch.rand(2, 3, 16, 16)
+    latents = dec.encode_images(images, torch.Generator().manual_seed(0))
+    assert latents.shape == (2, 4, 8, 8)
+    assert dec.vae_scale == 2
+    assert dec.denoising_loss(latents, _c(dec)).ndim == 0
+    assert dec.sample(_c(dec), steps=2, generator=torch.Generator().manual_seed(0)).shape == (2, 3, 16, 16)
+
+
+def test_teacher_saves_in_diffusers_layout_and_reloads_bitwise(tiny_config, tmp_path):
+    dec = _decoder(tiny_config)
+    dec.save_pretrained(str(tmp_path / "teacher"))
+    for sub in ("text_encoder", "tokenizer", "unet", "scheduler"):
+        assert (tmp_path / "teacher" / sub).is_dir(), sub
+    again = DiffusionDecoder(dataclasses.replace(tiny_config.diffusion, source=str(tmp_path / "teacher")))
+    ref = dec.state_dict()
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    assert torch.equal(again.encode_prompts(["a red circle"]), dec.encode_prompts(["a red circle"]))

@@ -1,0 +1,82 @@
+import dataclasses
+
+import pytest
+import torch
+from transformers import Florence2Config, Florence2ForConditionalGeneration
+
+from tests.conftest import train_steps
+from vlv.encoder import VLVEncoder, build_florence
+from vlv.model import VLV
+
+
+def test_z_shape(tiny_model, images):
+    z = tiny_model.embed(images)
+    assert z.shape == (2, 77, tiny_model.config.encoder.z_dim)
+    assert torch.isfinite(z).all()
+
+
+def test_seeded_builds_are_identical(tiny_config, images):
+    a, b = VLV(tiny_config).eval(), VLV(tiny_config).eval()
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+    assert torch.equal(a.embed(images), b.embed(images))
+    c = VLV(dataclasses.replace(tiny_config, seed=1)).eval()
+    assert not torch.equal(a.embed(images), c.embed(images))
+
+
+def test_only_the_trainable_encoder_parts_get_gradients(tiny_config, images):
+    model = VLV(tiny_config).train()
+    model.autoencoder_loss(images, torch.Generator().manual_seed(0)).backward()
+    enc = model.encoder
+    for name, p in enc.florence.vision_tower.named_parameters():
+        assert p.grad is None, name
+    for name, p in enc.florence.multi_modal_projector.named_parameters():
+        assert p.grad is None, name
+    assert enc.queries.grad is not None and enc.queries.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in enc.projection.parameters())
+    bart_grads = [p.grad for p in enc.florence.language_model.decoder.parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in bart_grads)
+    for name, p in model.diffusion.named_parameters():
+        assert p.grad is None, name
+
+
+def test_set_trainable(tiny_model):
+    enc = tiny_model.encoder
+    enc.set_trainable(["queries"])
+    try:
+        assert enc.queries.requires_grad
+        assert not any(p.requires_grad for p in enc.projection.parameters())
+        assert not any(p.requires_grad for p in enc.florence.language_model.parameters())
+        with pytest.raises(ValueError, match="vision"):
+            enc.set_trainable(["vision"])
+    finally:
+        enc.set_trainable(tiny_model.config.encoder.trainable)
+
+
+def test_vision_side_stays_in_eval_mode(tiny_config):
+    model = VLV(tiny_config).train()
+    assert model.encoder.florence.language_model.training
+    assert not model.encoder.florence.vision_tower.training
+    assert not model.encoder.florence.multi_modal_projector.training
+
+
+def test_autoencoder_loss_falls_when_overfitting_one_batch(tiny_config, images):
+    model = VLV(tiny_config).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    # Same noise and timesteps every step: the only thing that can lower the loss is a better z.
+    losses = train_steps(lambda: model.autoencoder_loss(images, torch.Generator().manual_seed(1)), params, 40, 3e-3)
+    assert losses[-1] < losses[0] * 0.985, losses
+
+
+def test_pretrained_florence_loads_strictly(tmp_path, tiny_config):
+    arch = tiny_config.encoder.arch
+    torch.manual_seed(123)
+    reference = Florence2ForConditionalGeneration(Florence2Config(**arch))
+    reference.save_pretrained(tmp_path / "florence")
+    cfg = dataclasses.replace(tiny_config.encoder, source=str(tmp_path / "florence"))
+    loaded = build_florence(cfg, pretrained=True)
+    ref_state = reference.model.state_dict()
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, ref_state[k]), k
+    encoder = VLVEncoder(cfg, loaded, cfg.prompt_token_ids)
+    assert encoder(torch.rand(1, 3, 64, 64)).shape == (1, 77, cfg.z_dim)

@@ -1,0 +1,143 @@
+"""The `vlv` command: argument parsing → library calls, nothing else.
+
+    vlv info --preset paper --json        parameter counts per component (built on the meta device)
+    vlv caption --model DIR IMAGE...      caption images with a saved model (or a preset name)
+    vlv reconstruct --model DIR --out DIR IMAGE...
+    vlv demo                              the embedded default job
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def count_parameters(preset_name: str) -> dict:
+    """Total and trainable parameters per component, for a preset built on the meta device (no memory, no
+    download). Shared tensors (tied embeddings) are counted once."""
+    from vlv.config import preset
+    from vlv.model import VLV
+
+    with torch.device("meta"):
+        model = VLV(preset(preset_name), pretrained=False)
+    components = {
+        "encoder": model.encoder,
+        "text_encoder": model.diffusion.text_encoder,
+        "unet": model.diffusion.unet,
+        "vae": model.diffusion.vae,
+        "projector": model.captioner.projector,
+        "llm": model.captioner.llm,
+    }
+    out = {}
+    for name, module in components.items():
+        params = {id(p): p for p in module.parameters()}.values() if module is not None else []
+        out[name] = {
+            "params": sum(p.numel() for p in params),
+            "trainable": sum(p.numel() for p in params if p.requires_grad),
+        }
+    return {"preset": preset_name, "components": out}
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = count_parameters(args.preset)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"preset {info['preset']}")
+    print(f"{'component':<14}{'params':>16}{'trainable':>16}")
+    for name, c in info["components"].items():
+        print(f"{name:<14}{c['params']:>16,}{c['trainable']:>16,}")
+    total = sum(c["params"] for c in info["components"].values())
+    trainable = sum(c["trainable"] for c in info["components"].values())
+    print(f"{'total':<14}{total:>16,}{trainable:>16,}")
+    return 0
+
+
+def _load_model(args: argparse.Namespace):
+    import vlv
+
+    return vlv.load(args.model, device=args.device)
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    model = _load_model(args)
+    captions = model.caption(args.images, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+    for path, text in zip(args.images, captions):
+        print(json.dumps({"image": str(path), "caption": text}))
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from vlv.images import to_pil
+
+    model = _load_model(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = model.reconstruct(args.images, steps=args.steps, guidance=args.guidance, seed=args.seed)
+    for path, im in zip(args.images, to_pil(images)):
+        target = out / (Path(path).stem + ".png")
+        im.save(target)
+        print(target)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vlv.demo import run_demo
+
+    run_demo(Path(args.out), seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlv", description="Vision-Language-Vision auto-encoder")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    # info
+    p = sub.add_parser("info", help="parameter counts per component of a preset (built on the meta device)")
+    p.add_argument("--preset", required=True, help="preset name: tiny, shapes or paper")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_info)
+
+    # inference
+    for name, func, help_text in (
+        ("caption", cmd_caption, "caption images (one JSON line per image)"),
+        ("reconstruct", cmd_reconstruct, "reconstruct images through the frozen diffusion model"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("images", nargs="+", help="image files")
+        p.add_argument("--model", required=True, help="checkpoint directory or preset name")
+        p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+        if name == "caption":
+            p.add_argument("--num-beams", type=int, default=None, help="beam width (default from the model config)")
+            p.add_argument("--max-new-tokens", type=int, default=None, help="caption length limit")
+        else:
+            p.add_argument("--out", required=True, help="folder for the reconstructed PNGs")
+            p.add_argument("--steps", type=int, default=None, help="sampling steps (default from the config)")
+            p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+            p.add_argument("--seed", type=int, default=0, help="sampling seed")
+        p.set_defaults(func=func)
+
+    # demo
+    p = sub.add_parser("demo", help="the embedded default job (writes a report under --out)")
+    p.add_argument("--out", default="runs/demo", help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (OSError, ValueError) as e:
+        # A user mistake (wrong path, bad image, mismatched checkpoint) gets one clear line, not a traceback.
+        print(f"vlv {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
