@@ -1,9 +1,9 @@
 """The `vlv` command: argument parsing → library calls, nothing else.
 
-    vlv info --preset paper --json        parameter counts per component (built on the meta device)
-    vlv caption --model DIR IMAGE...      caption images with a saved model (or a preset name)
-    vlv reconstruct --model DIR --out DIR IMAGE...
-    vlv demo                              the embedded default job
+vlv info --preset paper --json        parameter counts per component (built on the meta device)
+vlv caption --model DIR IMAGE...      caption images with a saved model (or a preset name)
+vlv reconstruct --model DIR --out DIR IMAGE...
+vlv demo                              the embedded default job
 """
 
 from __future__ import annotations

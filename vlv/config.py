@@ -60,6 +60,7 @@ class DiffusionConfig:
     sample_steps: int = 50
     guidance: float = 2.0
     sampler: str = "dpm++"  # "dpm++" (DPM-Solver++, fast) or "ddpm" (as the official code)
+    timestep_spacing: str = "trailing"  # how sampling steps spread over [0, T): "trailing" suits few steps
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,12 @@ def _paper() -> VLVConfig:
                 sample_size=64,
                 in_channels=4,
                 out_channels=4,
-                down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                down_block_types=[
+                    "CrossAttnDownBlock2D",
+                    "CrossAttnDownBlock2D",
+                    "CrossAttnDownBlock2D",
+                    "DownBlock2D",
+                ],
                 up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
                 block_out_channels=[320, 640, 1280, 1280],
                 layers_per_block=2,

@@ -119,10 +119,14 @@ class DiffusionDecoder(nn.Module):
 
     def make_sampler(self, name: str):
         """A sampling scheduler built from the teacher's own scheduler config (keeps its `prediction_type`)."""
+        # Every value explicit (diffusers drops keys it marks as defaults when converting between classes, which
+        # made a freshly built and a reloaded teacher sample differently); the spacing is our sampling choice.
+        config = {k: v for k, v in self.scheduler.config.items() if not k.startswith("_")}
+        config["timestep_spacing"] = self.cfg.timestep_spacing
         if name == "dpm++":
-            return DPMSolverMultistepScheduler.from_config(self.scheduler.config, algorithm_type="dpmsolver++")
+            return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
         if name == "ddpm":
-            return DDPMScheduler.from_config(self.scheduler.config)
+            return DDPMScheduler.from_config(config)
         raise ValueError(f"unknown sampler '{name}'; choose one of {SAMPLERS}")
 
     @torch.no_grad()

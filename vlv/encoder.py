@@ -72,6 +72,10 @@ class VLVEncoder(nn.Module):
         """Weights that training can change: BART, queries, φ (the vision side is referenced by its source)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith(_FROZEN_PREFIXES)}
 
+    def save_pretrained(self, directory: str) -> None:
+        """Write the Florence-2 weights (the folder `EncoderConfig.source` can point at)."""
+        self.florence.save_pretrained(directory)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, 3, H, W) in [0, 1] → z: (B, num_queries, z_dim)."""
         B = images.shape[0]
@@ -83,7 +87,9 @@ class VLVEncoder(nn.Module):
         bart = self.florence.language_model
         memory = bart.encoder(inputs_embeds=torch.cat([visual, prompt], dim=1)).last_hidden_state  # (B, Nv+Np, D)
         queries = self.queries.unsqueeze(0).expand(B, -1, -1)  # (B, Nq, D)
-        hidden = bart.decoder(inputs_embeds=queries, encoder_hidden_states=memory, use_cache=False).last_hidden_state  # (B, Nq, D)
+        hidden = bart.decoder(
+            inputs_embeds=queries, encoder_hidden_states=memory, use_cache=False
+        ).last_hidden_state  # (B, Nq, D)
         return self.projection(hidden)  # (B, Nq, z_dim)
 
 

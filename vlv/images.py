@@ -54,7 +54,9 @@ def to_batch(images: ImageInput | list, size: int) -> torch.Tensor:
         if images.ndim == 3:
             images = images.unsqueeze(0)
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-            raise ValueError(f"image tensor must be float (B, 3, H, W) in [0, 1], got {tuple(images.shape)} {images.dtype}")
+            raise ValueError(
+                f"image tensor must be float (B, 3, H, W) in [0, 1], got {tuple(images.shape)} {images.dtype}"
+            )
         return _resize_crop_tensor(images.float(), size)
     if not isinstance(images, (list, tuple)):
         images = [images]

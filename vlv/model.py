@@ -29,6 +29,8 @@ from vlv.images import ImageInput, to_batch
 from vlv.loading import load_safetensors_strict
 
 CONFIG_NAME = "config.json"
+# Frozen components that can be bundled inside a checkpoint: config section → folder name.
+BUNDLED = {"encoder": "florence", "diffusion": "teacher"}
 WEIGHTS_NAME = "model.safetensors"
 
 
@@ -157,17 +159,20 @@ class VLV(nn.Module):
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         config = self.config
-        if config.encoder.source is None:
-            self.encoder.florence.save_pretrained(out / "florence")
-            config = dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, source="florence"))
-        if config.diffusion.source is None:
-            self.diffusion.save_pretrained(str(out / "teacher"))
-            config = dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, source="teacher"))
+        for section, folder in BUNDLED.items():
+            cfg = getattr(config, section)
+            # Random-init frozen parts, and parts that were bundled in the checkpoint this model came from, travel
+            # inside the checkpoint; hub ids and other paths stay references.
+            if cfg.source is None or cfg.source == folder:
+                getattr(self, section).save_pretrained(str(out / folder))
+                config = dataclasses.replace(config, **{section: dataclasses.replace(cfg, source=folder)})
         self.captioner.tokenizer.save_pretrained(out / "tokenizer")
         state = {}
         for prefix, module in self.trained_modules().items():
             # contiguous copies: tied or shared tensors must not alias inside a safetensors file
-            state.update({f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in module.trained_state_dict().items()})
+            state.update(
+                {f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in module.trained_state_dict().items()}
+            )
         # Write to a temporary name first so an interrupted save never leaves a truncated checkpoint behind.
         tmp = out / (WEIGHTS_NAME + ".tmp")
         save_file(_untie(state), str(tmp), metadata={"format": "pt"})
@@ -182,16 +187,19 @@ class VLV(nn.Module):
             raise FileNotFoundError(f"{d} is not a VLV checkpoint: no {CONFIG_NAME}")
         if not (d / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"{d} is not a complete VLV checkpoint: no {WEIGHTS_NAME}")
-        config = VLVConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
-        config = dataclasses.replace(
-            config,
-            encoder=dataclasses.replace(config.encoder, source=_resolve(d, config.encoder.source)),
-            diffusion=dataclasses.replace(config.diffusion, source=_resolve(d, config.diffusion.source)),
-        )
+        saved = VLVConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
+        # Build from the bundled folders of this checkpoint, but keep their relative names in the model's config.
+        resolved = {
+            s: dataclasses.replace(getattr(saved, s), source=_resolve(d, getattr(saved, s).source)) for s in BUNDLED
+        }
         tokenizer = AutoTokenizer.from_pretrained(d / "tokenizer")
         # The LLM's weights are in model.safetensors: build it from the saved architecture, not from its source.
-        model = cls(config, _llm_from_source=False, _tokenizer=tokenizer)
+        model = cls(dataclasses.replace(saved, **resolved), _llm_from_source=False, _tokenizer=tokenizer)
         load_safetensors_strict(model.trained_modules(), str(d / WEIGHTS_NAME))
+        model.config = dataclasses.replace(
+            model.config,
+            **{s: dataclasses.replace(getattr(model.config, s), source=getattr(saved, s).source) for s in BUNDLED},
+        )
         return model
 
 
@@ -212,7 +220,9 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load(name_or_directory: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> VLV:
+def load(
+    name_or_directory: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> VLV:
     """A VLV model from a preset name (`tiny`, `shapes`, `paper`) or a checkpoint directory.
 
     Presets load each component's pretrained `source` (random init where there is none); a directory loads the
