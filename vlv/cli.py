@@ -85,6 +85,28 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shapes_render(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from vlv.data.shapes import render, sample_scenes
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scenes = sample_scenes(args.n, args.seed, split=args.split)
+    width = max(5, len(str(args.n - 1)))
+    # Images first, the index last (written to a temporary name): scenes.jsonl never names a missing file.
+    records = []
+    for i, scene in enumerate(tqdm(scenes, desc="rendering", disable=args.n < 1000)):
+        name = f"{i:0{width}d}.png"
+        render(scene, args.size).save(out / name)
+        records.append(json.dumps({"image": name, "caption": scene.caption, "scene": scene.to_dict()}))
+    tmp = out / "scenes.jsonl.tmp"
+    tmp.write_text("\n".join(records) + "\n")
+    tmp.replace(out / "scenes.jsonl")
+    print(f"wrote {len(scenes)} images and {out / 'scenes.jsonl'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlv.demo import run_demo
 
@@ -120,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
             p.add_argument("--seed", type=int, default=0, help="sampling seed")
         p.set_defaults(func=func)
+
+    # shapes world
+    shapes = sub.add_parser("shapes", help="the offline shapes world").add_subparsers(
+        dest="shapes_command", required=True
+    )
+    p = shapes.add_parser("render", help="render seeded scenes: DIR/*.png + DIR/scenes.jsonl")
+    p.add_argument("--n", type=int, required=True, help="number of scenes")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", type=int, default=16, help="image side in pixels")
+    p.add_argument("--split", default="train", choices=["train", "heldout", "all"], help="which scenes to draw from")
+    p.set_defaults(func=cmd_shapes_render)
 
     # demo
     p = sub.add_parser("demo", help="the embedded default job (writes a report under --out)")
