@@ -47,8 +47,8 @@ def test_set_trainable(tiny_model):
         assert enc.queries.requires_grad
         assert not any(p.requires_grad for p in enc.projection.parameters())
         assert not any(p.requires_grad for p in enc.florence.language_model.parameters())
-        with pytest.raises(ValueError, match="vision"):
-            enc.set_trainable(["vision"])
+        with pytest.raises(ValueError, match="eyes"):
+            enc.set_trainable(["eyes"])
     finally:
         enc.set_trainable(tiny_model.config.encoder.trainable)
 
@@ -80,3 +80,28 @@ def test_pretrained_florence_loads_strictly(tmp_path, tiny_config):
         assert torch.equal(v, ref_state[k]), k
     encoder = VLVEncoder(cfg, loaded, cfg.prompt_token_ids)
     assert encoder(torch.rand(1, 3, 64, 64)).shape == (1, 77, cfg.z_dim)
+
+
+def test_a_trainable_vision_side_learns_and_is_saved(tiny_config, images, tmp_path):
+    cfg = dataclasses.replace(
+        tiny_config, encoder=dataclasses.replace(tiny_config.encoder, trainable=("vision", "queries", "projection"))
+    )
+    model = VLV(cfg).train()
+    assert model.encoder.florence.vision_tower.training
+    model.autoencoder_loss(images, torch.Generator().manual_seed(0)).backward()
+    grads = [p.grad for p in model.encoder.florence.vision_tower.parameters()]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in model.encoder.florence.language_model.parameters())
+    model.save_pretrained(tmp_path / "ckpt")
+    again = VLV.from_pretrained(tmp_path / "ckpt")
+    key = next(iter(model.encoder.florence.vision_tower.state_dict()))
+    assert torch.equal(
+        again.encoder.florence.vision_tower.state_dict()[key], model.encoder.florence.vision_tower.state_dict()[key]
+    )
+
+
+def test_several_noises_per_image_share_one_encoder_pass(tiny_model, images):
+    with torch.no_grad():
+        one = tiny_model.autoencoder_loss(images, torch.Generator().manual_seed(0), noises_per_image=1)
+        four = tiny_model.autoencoder_loss(images, torch.Generator().manual_seed(0), noises_per_image=4)
+    assert one.ndim == four.ndim == 0 and not torch.equal(one, four)

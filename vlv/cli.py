@@ -107,6 +107,15 @@ def cmd_shapes_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shapes_train_teacher(args: argparse.Namespace) -> int:
+    from vlv.demo import train_shapes_teacher
+    from vlv.teacher import TeacherTrainConfig
+
+    cfg = TeacherTrainConfig(samples=args.samples, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    train_shapes_teacher(Path(args.out), cfg)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlv.demo import run_demo
 
@@ -154,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=16, help="image side in pixels")
     p.add_argument("--split", default="train", choices=["train", "heldout", "all"], help="which scenes to draw from")
     p.set_defaults(func=cmd_shapes_render)
+
+    p = shapes.add_parser("train-teacher", help="train the shapes text-to-image teacher from scratch")
+    p.add_argument("--out", default="runs/shapes_teacher", help="output folder (final/ holds the teacher)")
+    p.add_argument("--samples", type=int, default=192_000, help="training images in total")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (warmup, then cosine decay)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data and noise")
+    p.set_defaults(func=cmd_shapes_train_teacher)
 
     # demo
     p = sub.add_parser("demo", help="the embedded default job (writes a report under --out)")

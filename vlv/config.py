@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # The words of the shapes world (MISSION.md §6); the tiny preset reuses them for its word-level tokenizers.
 SHAPES_WORDS = tuple(
@@ -38,8 +39,9 @@ class EncoderConfig:
     prompt_token_ids: tuple[int, ...] | None = None  # None = tokenize `task_prompt` with the source's tokenizer
     num_queries: int = 77  # learnable query embeddings fed to the BART decoder = CLIP's maximum text length
     z_dim: int = 1024  # width of z; must equal the text encoder's hidden size
-    # Which parts receive gradients. Paper stage 1: BART encoder+decoder, queries and φ; the DaViT tower,
-    # image projection and its LayerNorm are always frozen. Names: "language_model", "queries", "projection".
+    # Which parts receive gradients (and are saved with the trained weights). Paper stage 1: BART encoder +
+    # decoder, queries and φ, with the pretrained DaViT tower, image projection and LayerNorm frozen.
+    # Names: "vision", "language_model", "queries", "projection".
     trainable: tuple[str, ...] = ("language_model", "queries", "projection")
 
 
@@ -218,10 +220,110 @@ def _tiny() -> VLVConfig:
     )
 
 
+SHAPES_TEACHER = str(Path(__file__).resolve().parent / "assets" / "shapes_teacher")
+
+
 def _shapes() -> VLVConfig:
-    """The offline shapes world (MISSION.md §6). Placeholder sizes: the shapes demo sets the real ones."""
-    tiny = _tiny()
-    return dataclasses.replace(tiny, name="shapes")
+    """The offline shapes world (MISSION.md §6): 16-px scenes, a committed pixel-space teacher, tiny encoder/LLM.
+
+    The teacher follows the measured calibration (notes: v-prediction made the teacher use its captions): a
+    1.74M-parameter UNet (32/64/64 channels, cross-attention at the two lower resolutions) and a 3-layer,
+    width-128 CLIP text encoder, trained jointly by `vlv shapes train-teacher` and committed under
+    vlv/assets/shapes_teacher. Encoder and caption decoder are small instances of the paper's classes.
+    """
+    words = SHAPES_WORDS
+    teacher = DiffusionConfig(
+        source=SHAPES_TEACHER,
+        text_encoder_arch=dict(
+            vocab_size=len(words) + 4,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+        unet_arch=dict(
+            sample_size=16,
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=[32, 64, 64],
+            layers_per_block=1,
+            down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            cross_attention_dim=128,
+            attention_head_dim=2,  # diffusers' legacy name: the number of heads (64 channels / 2 = head dim 32)
+            norm_num_groups=8,
+        ),
+        vae_arch=None,
+        # DDPM's linear betas (1e-4 … 0.02): they spend most timesteps at high noise, where layout and position
+        # are decided (a cosine schedule left positions at chance after 72k samples); v-prediction (see the notes).
+        scheduler=dict(
+            num_train_timesteps=1000,
+            beta_start=0.0001,
+            beta_end=0.02,
+            beta_schedule="linear",
+            prediction_type="v_prediction",
+            clip_sample=False,
+        ),
+        vocabulary=words,
+        image_size=16,
+        sample_steps=20,
+        guidance=4.0,
+    )
+    # No pretrained Florence-2 exists offline, so here the (small) vision tower trains too; the paper keeps it frozen.
+    encoder = EncoderConfig(
+        arch=dict(
+            vision_config=dict(
+                embed_dim=[32, 64, 96, 128],
+                depths=[1, 1, 1, 1],
+                num_heads=[1, 2, 3, 4],
+                num_groups=[1, 2, 3, 4],
+                window_size=4,
+                projection_dim=128,
+                drop_path_rate=0.0,
+            ),
+            text_config=dict(
+                model_type="bart",
+                d_model=128,
+                encoder_layers=2,
+                decoder_layers=2,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=256,
+                decoder_ffn_dim=256,
+                vocab_size=64,
+                max_position_embeddings=128,
+                dropout=0.0,
+                attention_dropout=0.0,
+                activation_dropout=0.0,
+            ),
+            image_token_id=63,
+        ),
+        image_size=64,  # 16-px scenes upsampled 4×: the DaViT's 32× reduction leaves one token per quadrant
+        prompt_token_ids=(0, 5, 6, 7, 2),
+        num_queries=77,
+        z_dim=128,
+        trainable=("vision", "language_model", "queries", "projection"),
+    )
+    captioner = CaptionerConfig(
+        arch=dict(
+            vocab_size=len(words) + 4,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+        ),
+        vocabulary=words,
+        projector_hidden=256,
+        max_caption_tokens=24,  # the longest caption has 17 words
+    )
+    return VLVConfig(name="shapes", encoder=encoder, diffusion=teacher, captioner=captioner)
 
 
 def _paper() -> VLVConfig:

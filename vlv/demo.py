@@ -67,3 +67,49 @@ def run_demo(out: Path, *, seed: int = 0, steps: int = 60) -> dict:
     print(json.dumps({k: v for k, v in summary.items() if k != "stage1_train_losses"}, indent=2))
     print(f"wrote {out}/model, {out}/summary.json and sample PNGs")
     return summary
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The shapes teacher
+
+
+def shapes_batches(batch_size: int, seed: int, size: int):
+    """batches(step) → (images (B, 3, size, size) in [0, 1], captions) of training-split scenes, seeded per step."""
+    from vlv.data.shapes import render_batch, sample_scenes
+
+    def batches(step: int):
+        scenes = sample_scenes(batch_size, seed=seed * 1_000_003 + step, split="train")
+        return torch.from_numpy(render_batch(scenes, size)), [s.caption for s in scenes]
+
+    return batches
+
+
+def teacher_gap(decoder, n: int = 256, seed: int = 12345) -> dict:
+    """Held-out denoising loss with the true caption vs the empty prompt, same noise and timesteps."""
+    from vlv.data.shapes import render_batch, sample_scenes
+
+    scenes = sample_scenes(n, seed=seed, split="heldout")
+    images = torch.from_numpy(render_batch(scenes, decoder.cfg.image_size))
+    with torch.no_grad():
+        latents = decoder.encode_images(images)
+        cond = decoder.denoising_loss(
+            latents, decoder.encode_prompts([s.caption for s in scenes]), torch.Generator().manual_seed(seed)
+        )
+        uncond = decoder.denoising_loss(latents, decoder.encode_prompts([""] * n), torch.Generator().manual_seed(seed))
+    return {
+        "heldout_loss_caption": cond.item(),
+        "heldout_loss_empty": uncond.item(),
+        "heldout_gap": 1 - cond.item() / uncond.item(),
+    }
+
+
+def train_shapes_teacher(out: Path, cfg=None) -> None:
+    """`vlv shapes train-teacher`: train the shapes teacher from scratch and save it (diffusers layout)."""
+    from vlv.diffusion import DiffusionDecoder
+    from vlv.teacher import TeacherTrainConfig, train_teacher
+
+    cfg = cfg or TeacherTrainConfig()
+    dcfg = preset("shapes").diffusion
+    decoder = DiffusionDecoder(dcfg, pretrained=False)
+    batches = shapes_batches(cfg.batch_size, cfg.seed, dcfg.image_size)
+    train_teacher(decoder, batches, cfg, out, on_snapshot=lambda ema, samples: teacher_gap(ema))

@@ -38,8 +38,9 @@ class DiffusionDecoder(nn.Module):
             self.scheduler = DDPMScheduler.from_pretrained(src, revision=rev, subfolder="scheduler")
         else:
             self.text_encoder = CLIPTextModel(CLIPTextConfig(**cfg.text_encoder_arch))
-            # An architecture-only build of a pretrained teacher has no tokenizer (it is never used to encode).
-            self.tokenizer = build_word_tokenizer(cfg.vocabulary, wrap_bos_eos=True) if src is None else None
+            # Random init: a word-level tokenizer over `vocabulary`. An architecture-only build of a pretrained
+            # teacher with no vocabulary (SD) has no tokenizer; it is never used to encode.
+            self.tokenizer = build_word_tokenizer(cfg.vocabulary, wrap_bos_eos=True) if cfg.vocabulary else None
             self.unet = UNet2DConditionModel(**cfg.unet_arch)
             self.vae = AutoencoderKL(**cfg.vae_arch) if cfg.vae_arch is not None else None
             self.scheduler = DDPMScheduler(**cfg.scheduler)
@@ -93,17 +94,17 @@ class DiffusionDecoder(nn.Module):
     # ----- training ----------------------------------------------------------------------------------------
 
     def denoising_loss(
-        self, latents: torch.Tensor, c: torch.Tensor, generator: torch.Generator | None = None
+        self, latents: torch.Tensor, c: torch.Tensor, generator: torch.Generator | None = None, *, t_min: int = 0
     ) -> torch.Tensor:
         """Plain diffusion loss of the frozen UNet conditioned on c; gradients reach c (and through it z).
 
-        latents: (B, C, h, w); c: (B, 77, D). t ~ U{0..T-1} and fresh noise per sample. The regression target is
-        ε or v, whichever the teacher's scheduler was trained to predict.
+        latents: (B, C, h, w); c: (B, 77, D). t ~ U{t_min..T-1} (the paper: t_min = 0) and fresh noise per sample.
+        The regression target is ε or v, whichever the teacher's scheduler was trained to predict.
         """
         B = latents.shape[0]
         T = self.scheduler.config.num_train_timesteps
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        t = torch.randint(0, T, (B,), generator=generator, device=latents.device)
+        t = torch.randint(t_min, T, (B,), generator=generator, device=latents.device)
         noisy = self.scheduler.add_noise(latents, noise, t)
         prediction_type = self.scheduler.config.prediction_type
         if prediction_type == "epsilon":

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, Florence2Config, Florence2Model
 from vlv.config import EncoderConfig
 from vlv.loading import load_hf_strict
 
-ENCODER_PARTS = ("language_model", "queries", "projection")
+ENCODER_PARTS = ("vision", "language_model", "queries", "projection")
 
 
 def build_florence(cfg: EncoderConfig, *, pretrained: bool) -> Florence2Model:
@@ -51,26 +51,30 @@ class VLVEncoder(nn.Module):
         self.set_trainable(cfg.trainable)
 
     def set_trainable(self, parts: tuple[str, ...] | list[str]) -> None:
-        """Choose which of `language_model` (BART), `queries`, `projection` get gradients; the vision side never."""
+        """Choose which of `vision` (DaViT + image projection), `language_model` (BART), `queries`, `projection`
+        get gradients. The paper keeps the pretrained vision side frozen."""
         unknown = set(parts) - set(ENCODER_PARTS)
         if unknown:
             raise ValueError(f"unknown encoder parts {sorted(unknown)}; choose from {ENCODER_PARTS}")
-        self.florence.vision_tower.requires_grad_(False)
-        self.florence.multi_modal_projector.requires_grad_(False)
+        self.vision_trainable = "vision" in parts
+        self.florence.vision_tower.requires_grad_(self.vision_trainable)
+        self.florence.multi_modal_projector.requires_grad_(self.vision_trainable)
         self.florence.language_model.requires_grad_("language_model" in parts)
         self.queries.requires_grad_("queries" in parts)
         self.projection.requires_grad_("projection" in parts)
 
     def train(self, mode: bool = True) -> VLVEncoder:
         super().train(mode)
-        # The frozen vision side stays in eval mode (no drop-path noise) whatever the caller does.
-        self.florence.vision_tower.eval()
-        self.florence.multi_modal_projector.eval()
+        if not getattr(self, "vision_trainable", False):
+            # A frozen vision side stays in eval mode (no drop-path noise) whatever the caller does.
+            self.florence.vision_tower.eval()
+            self.florence.multi_modal_projector.eval()
         return self
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights that training can change: BART, queries, φ (the vision side is referenced by its source)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(_FROZEN_PREFIXES)}
+        """Weights that training can change (per `cfg.trainable`); a frozen vision side is referenced by source."""
+        skip = () if "vision" in self.cfg.trainable else _VISION_PREFIXES
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
 
     def save_pretrained(self, directory: str) -> None:
         """Write the Florence-2 weights (the folder `EncoderConfig.source` can point at)."""
@@ -81,7 +85,7 @@ class VLVEncoder(nn.Module):
         B = images.shape[0]
         x = F.interpolate(images, size=(self.cfg.image_size,) * 2, mode="bicubic", align_corners=False)
         x = (x.clamp(0, 1) - self.image_mean) / self.image_std
-        with torch.no_grad():  # frozen DaViT + image projection + LayerNorm
+        with torch.set_grad_enabled(self.vision_trainable and torch.is_grad_enabled()):
             visual = self.florence.get_image_features(x.to(self.queries.dtype)).pooler_output  # (B, Nv, D)
         prompt = self.florence.get_input_embeddings()(self.prompt_ids).expand(B, -1, -1)  # (B, Np, D)
         bart = self.florence.language_model
@@ -93,4 +97,4 @@ class VLVEncoder(nn.Module):
         return self.projection(hidden)  # (B, Nq, z_dim)
 
 
-_FROZEN_PREFIXES = ("florence.vision_tower.", "florence.multi_modal_projector.")
+_VISION_PREFIXES = ("florence.vision_tower.", "florence.multi_modal_projector.")

@@ -81,11 +81,24 @@ class VLV(nn.Module):
 
     # ----- training losses ---------------------------------------------------------------------------------------
 
-    def autoencoder_loss(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Stage-1 loss: the frozen teacher's denoising loss conditioned on CLIP(z). images: (B, 3, H, W) in [0, 1]."""
+    def autoencoder_loss(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        noises_per_image: int = 1,
+        t_min: int = 0,
+    ) -> torch.Tensor:
+        """Stage-1 loss: the frozen teacher's denoising loss conditioned on CLIP(z). images: (B, 3, H, W) in [0, 1].
+
+        noises_per_image: K noisy copies (own noise and timestep) of each image share one encoder pass, so each
+        encoder step sees K samples of the teacher's signal. t_min: draw t from U{t_min..T-1}.
+        """
         latents = self.diffusion.encode_images(to_batch(images, self.config.diffusion.image_size), generator)
         c = self.diffusion.condition(self.encoder(images))  # (B, 77, D); gradients reach the encoder through c
-        return self.diffusion.denoising_loss(latents, c, generator)
+        K = noises_per_image
+        latents, c = latents.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (B·K, ...)
+        return self.diffusion.denoising_loss(latents, c, generator, t_min=t_min)
 
     def captioner_loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
         """Stage-2 loss: next-token loss of the captions given the prefix ψ(CLIP(z)). images: (B, 3, H, W)."""
