@@ -83,13 +83,5 @@ def test_user_errors_exit_cleanly(tmp_path, capsys):
         main(["info", "--preset"])
 
 
-def test_demo_smoke_run(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
-    summary = json.loads((tmp_path / "demo/summary.json").read_text())
-    assert summary["stage1_fixed_noise_loss_after"] < summary["stage1_fixed_noise_loss_before"]
-    assert len(summary["captions"]) == 4
-    assert (tmp_path / "demo/model/model.safetensors").is_file()
-
-
 def test_no_torchvision_in_the_environment():
     assert importlib.util.find_spec("torchvision") is None

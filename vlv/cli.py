@@ -108,7 +108,7 @@ def cmd_shapes_render(args: argparse.Namespace) -> int:
 
 
 def cmd_shapes_train_teacher(args: argparse.Namespace) -> int:
-    from vlv.demo import train_shapes_teacher
+    from vlv.shapes_demo import train_shapes_teacher
     from vlv.teacher import TeacherTrainConfig
 
     cfg = TeacherTrainConfig(samples=args.samples, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
@@ -117,9 +117,22 @@ def cmd_shapes_train_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vlv.demo import run_demo
+    from vlv.config import SHAPES_TEACHER
+    from vlv.shapes_demo import DemoConfig, run_shapes_demo
 
-    run_demo(Path(args.out), seed=args.seed)
+    out = Path(args.out)
+    teacher = args.teacher
+    if args.train_teacher:
+        from vlv.shapes_demo import train_shapes_teacher
+
+        train_shapes_teacher(out / "teacher")
+        teacher = str(out / "teacher" / "final")
+    teacher = teacher or SHAPES_TEACHER
+    if not Path(teacher, "unet").is_dir():
+        raise FileNotFoundError(f"no shapes teacher at {teacher}; run `vlv demo --train-teacher` to train one")
+    metrics = run_shapes_demo(out, DemoConfig.quick() if args.quick else DemoConfig.full(), teacher=teacher)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "details"}, indent=2))
+    print(f"wrote {out / 'report.html'}, {out / 'metrics.json'} and the model at {out / 'model'}")
     return 0
 
 
@@ -173,10 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_shapes_train_teacher)
 
     # demo
-    p = sub.add_parser("demo", help="the embedded default job (writes a report under --out)")
-    p.add_argument("--out", default="runs/demo", help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("demo", help="the shapes demo: teacher → stage 1 → stage 2 → evaluation, with a report")
+    p.add_argument("--out", default="runs/demo", help="output folder (stage-1 cache, model, metrics, report)")
+    p.add_argument("--quick", action="store_true", help="a smoke-sized run (< 2 minutes)")
+    p.add_argument("--teacher", default=None, help="diffusers folder of a shapes teacher (default: the committed one)")
+    p.add_argument("--train-teacher", action="store_true", help="train the teacher from scratch first (≈ 25 min)")
     return parser
 
 
