@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smoke-sized run (< 2 minutes)")
     p.add_argument("--teacher", default=None, help="diffusers folder of a shapes teacher (default: the committed one)")
     p.add_argument("--train-teacher", action="store_true", help="train the teacher from scratch first (≈ 25 min)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

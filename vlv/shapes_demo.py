@@ -271,6 +271,8 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str | None = None) -
         },
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    logs = {"stage1": stage1_log, "stage2": stage2_log, "baseline": baseline_log}
+    (out / "logs.json").write_text(json.dumps(logs, indent=1) + "\n")
     write_report(
         out / "report.html",
         metrics=metrics,
