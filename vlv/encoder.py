@@ -65,7 +65,7 @@ class VLVEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> VLVEncoder:
         super().train(mode)
-        if not getattr(self, "vision_trainable", False):
+        if not self.vision_trainable:
             # A frozen vision side stays in eval mode (no drop-path noise) whatever the caller does.
             self.florence.vision_tower.eval()
             self.florence.multi_modal_projector.eval()

@@ -78,22 +78,36 @@ def _images(scenes: list[Scene], size: int = 16) -> torch.Tensor:
     return torch.from_numpy(render_batch(scenes, size))
 
 
-def _heldout_loss(model: VLV, images: torch.Tensor, c: torch.Tensor) -> float:
-    """Denoising loss on fixed noise and timesteps (8 per image), so that conditions compare fairly."""
+def fixed_noise_loss(decoder, images: torch.Tensor, c: torch.Tensor, *, noises: int = 8, seed: int = 1234) -> float:
+    """Denoising loss on fixed noise and timesteps (`noises` per image), so that conditions compare fairly."""
     with torch.no_grad():
-        latents = model.diffusion.encode_images(images)
-        K = 8
-        gen = torch.Generator().manual_seed(1234)
-        return model.diffusion.denoising_loss(latents.repeat_interleave(K, 0), c.repeat_interleave(K, 0), gen).item()
+        latents = decoder.encode_images(images).repeat_interleave(noises, 0)
+        gen = torch.Generator().manual_seed(seed)
+        return decoder.denoising_loss(latents, c.repeat_interleave(noises, 0), gen).item()
 
 
-def stage1_probe(model: VLV, scenes: list[Scene]) -> dict:
-    """Held-out loss with z vs with the true caption vs with the empty prompt, and the gap z recovers."""
+def prompt_losses(decoder, scenes: list[Scene], *, noises: int = 8, seed: int = 1234) -> dict:
+    """Held-out fixed-noise loss with the true captions and with the empty prompt (constant for a frozen teacher)."""
+    images = _images(scenes, decoder.cfg.image_size)
+    with torch.no_grad():
+        caption = decoder.encode_prompts([s.caption for s in scenes])
+        empty = decoder.encode_prompts([""] * len(scenes))
+    kw = dict(noises=noises, seed=seed)
+    return {
+        "loss_caption": fixed_noise_loss(decoder, images, caption, **kw),
+        "loss_empty": fixed_noise_loss(decoder, images, empty, **kw),
+    }
+
+
+def stage1_probe(model: VLV, scenes: list[Scene], references: dict | None = None) -> dict:
+    """Held-out loss with z vs with the true caption vs with the empty prompt, and the gap z recovers.
+
+    references: `prompt_losses` of the same scenes, when already computed."""
+    references = references or prompt_losses(model.diffusion, scenes)
     images = _images(scenes)
     with torch.no_grad():
-        z_loss = _heldout_loss(model, images, model.diffusion.condition(model.encoder(images)))
-        caption = _heldout_loss(model, images, model.diffusion.encode_prompts([s.caption for s in scenes]))
-        empty = _heldout_loss(model, images, model.diffusion.encode_prompts([""] * len(scenes)))
+        z_loss = fixed_noise_loss(model.diffusion, images, model.diffusion.condition(model.encoder(images)))
+    caption, empty = references["loss_caption"], references["loss_empty"]
     return {
         "loss_z": z_loss,
         "loss_caption": caption,
@@ -110,9 +124,11 @@ def run_stage1(model: VLV, cfg: DemoConfig, probe_scenes: list[Scene]) -> list[d
     def batches(step: int) -> torch.Tensor:
         return _images(sample_scenes(B, seed=cfg.seed * 1_000_003 + 17 + step, split="train"), size)
 
+    references = prompt_losses(model.diffusion, probe_scenes)
+
     def on_log(entry: dict) -> None:
         model.eval()
-        entry.update(stage1_probe(model, probe_scenes))
+        entry.update(stage1_probe(model, probe_scenes, references))
         model.train()
 
     return train_autoencoder(model, batches, cfg.stage1, log_every=max(1, cfg.stage1.steps // 8), on_log=on_log)
@@ -309,20 +325,9 @@ def shapes_batches(batch_size: int, seed: int, size: int):
 
 def teacher_gap(decoder, n: int = 256, seed: int = 12345) -> dict:
     """Held-out denoising loss with the true caption vs the empty prompt, same noise and timesteps."""
-
-    scenes = sample_scenes(n, seed=seed, split="heldout")
-    images = torch.from_numpy(render_batch(scenes, decoder.cfg.image_size))
-    with torch.no_grad():
-        latents = decoder.encode_images(images)
-        cond = decoder.denoising_loss(
-            latents, decoder.encode_prompts([s.caption for s in scenes]), torch.Generator().manual_seed(seed)
-        )
-        uncond = decoder.denoising_loss(latents, decoder.encode_prompts([""] * n), torch.Generator().manual_seed(seed))
-    return {
-        "heldout_loss_caption": cond.item(),
-        "heldout_loss_empty": uncond.item(),
-        "heldout_gap": 1 - cond.item() / uncond.item(),
-    }
+    losses = prompt_losses(decoder, sample_scenes(n, seed=seed, split="heldout"), noises=1, seed=seed)
+    cond, uncond = losses["loss_caption"], losses["loss_empty"]
+    return {"heldout_loss_caption": cond, "heldout_loss_empty": uncond, "heldout_gap": 1 - cond / uncond}
 
 
 def train_shapes_teacher(out: Path, cfg=None) -> None:

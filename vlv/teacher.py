@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from vlv.diffusion import DiffusionDecoder
+from vlv.train import warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -34,14 +34,6 @@ class TeacherTrainConfig:
     ema_decay: float = 0.999  # the EMA weights are the ones saved and sampled from
     snapshot_every: int = 24_000  # samples between EMA snapshots under OUT/snapshots/
     seed: int = 0
-
-
-def lr_at(step: int, total: int, cfg: TeacherTrainConfig) -> float:
-    """Linear warmup, then cosine decay to zero over the remaining steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def train_teacher(
@@ -79,7 +71,7 @@ def train_teacher(
         if not torch.isfinite(loss):
             raise FloatingPointError(f"teacher loss is {loss.item()} at step {step}; last snapshot is kept in {out}")
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, total, cfg)
+            g["lr"] = cfg.lr * warmup_cosine(step, total, cfg.warmup_steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

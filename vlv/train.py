@@ -37,12 +37,17 @@ class AutoencoderTrainConfig(OptimConfig):
     t_min: int = 0  # timesteps drawn from U{t_min..T-1}
 
 
-def lr_factor(step: int, cfg: OptimConfig) -> float:
-    """Linear warmup, then cosine decay to zero at the last step."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warmup over `warmup` steps, then cosine decay to zero at step `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def lr_factor(step: int, cfg: OptimConfig) -> float:
+    """`warmup_cosine` over exactly the run's steps."""
+    return warmup_cosine(step, cfg.steps, cfg.warmup_steps)
 
 
 def make_optimizer(model: VLV, cfg: OptimConfig) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
