@@ -6,6 +6,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import vlv
+from vlv.images import to_batch
 from vlv.loading import CheckpointMismatchError
 from vlv.model import compose_embeddings
 
@@ -23,6 +24,34 @@ def test_compose_custom_split_and_errors():
     assert torch.equal(z[0, :10], zs[0, :10]) and torch.equal(z[0, 10:], zs[1, :67])
     with pytest.raises(ValueError, match="sum"):
         compose_embeddings(zs, [10, 10])
+
+
+def test_compose_batched_equals_one_by_one():
+    zs = torch.randn(3, 2, 77, 5, generator=torch.Generator().manual_seed(0))  # 3 compositions of 2 images each
+    batched = compose_embeddings(zs)
+    assert batched.shape == (3, 77, 5)
+    for p in range(3):
+        assert torch.equal(batched[p : p + 1], compose_embeddings(zs[p]))
+
+
+def test_autoencoder_loss_with_compositions_is_the_loss_of_spliced_z(tiny_model):
+    g = torch.Generator().manual_seed(0)
+    images, sources = torch.rand(2, 3, 32, 32, generator=g), torch.rand(1, 2, 3, 32, 32, generator=g)
+    composites = torch.rand(1, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        loss = tiny_model.autoencoder_loss(
+            images, torch.Generator().manual_seed(1), noises_per_image=2, compositions=(sources, composites)
+        )
+        # by hand: z of the sources spliced (equal split), the composite as the denoising target
+        z = torch.cat([tiny_model.encoder(images), compose_embeddings(tiny_model.encoder(sources[0]))])
+        gen = torch.Generator().manual_seed(1)
+        targets = to_batch(torch.cat([images, composites]), tiny_model.config.diffusion.image_size)
+        latents = tiny_model.diffusion.encode_images(targets, gen)
+        c = tiny_model.diffusion.condition(z)
+        by_hand = tiny_model.diffusion.denoising_loss(latents.repeat_interleave(2, 0), c.repeat_interleave(2, 0), gen)
+        plain = tiny_model.autoencoder_loss(images, torch.Generator().manual_seed(1), noises_per_image=2)
+    assert torch.allclose(loss, by_hand, rtol=1e-5)
+    assert not torch.allclose(loss, plain)
 
 
 def test_api_shapes(tiny_model, images):

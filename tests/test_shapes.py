@@ -16,6 +16,7 @@ from vlv.data.shapes import (
     parse_caption,
     render,
     render_batch,
+    sample_compositions,
     sample_scenes,
 )
 
@@ -99,3 +100,17 @@ def test_render_command(tmp_path, capsys):
         assert (tmp_path / rec["image"]).is_file()
         assert parse_caption(rec["caption"]) == Scene.from_dict(rec["scene"])
     assert [rec["caption"] for rec in lines] == [s.caption for s in sample_scenes(12, seed=1)]
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_compositions_are_two_single_object_scenes_and_their_union(split):
+    triples = sample_compositions(200, seed=3, split=split)
+    assert len(triples) == 200 and triples == sample_compositions(200, seed=3, split=split)
+    for a, b, union in triples:
+        assert len(a.objects) == len(b.objects) == 1 and a.objects[0].position != b.objects[0].position
+        assert set(union.objects) == {a.objects[0], b.objects[0]}
+        assert all(s.held_out == (split == "heldout") for s in (a, b, union))
+    # the union renders exactly as both objects drawn together on the background
+    a, b, union = triples[0]
+    pa, pb, pu = (np.asarray(render(s), dtype=np.int32) for s in (a, b, union))
+    assert np.array_equal(pu, pa + pb)  # background is black and the objects lie in distinct quadrants

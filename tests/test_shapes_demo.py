@@ -4,11 +4,15 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import vlv
 from vlv.cli import main
+from vlv.config import preset
 from vlv.data.shapes import parse_caption, render_batch, sample_scenes
-from vlv.shapes_demo import DemoConfig
+from vlv.loading import CheckpointMismatchError
+from vlv.model import VLV
+from vlv.shapes_demo import ENCODER_WEIGHTS, STAGE1_RECORD, DemoConfig, load_stage1, stage1_probe
 
 KEYS = {
     "teacher_attribute_accuracy",
@@ -27,7 +31,7 @@ KEYS = {
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--ablations", "--out", str(out)]) == 0
     return out, json.loads((out / "metrics.json").read_text())
 
 
@@ -61,7 +65,42 @@ def test_quick_demo_learns(quick_run):
     assert [e["phase"] for e in logs["stage2"]][:: len(logs["stage2"]) // 3] == [1, 2, 3]
 
 
-def test_stage1_is_cached_as_a_loadable_model(quick_run):
+def test_ablations_cover_stage1_amount_phases_and_n(quick_run):
+    out, metrics = quick_run
+    cfg = DemoConfig.quick()
+    ablations = json.loads((out / "ablations.json").read_text())
+    steps = [r["stage1_steps"] for r in ablations["stage1_amount"]]
+    assert steps == [*cfg.ablation_stage1_steps, cfg.stage1.train.steps]
+    assert ablations["stage1_amount"][-1]["caption_exact"] == metrics["caption_exact"]
+    assert [r["phase"] for r in ablations["phases"]] == [1, 2, 3]
+    assert ablations["phases"][-1]["caption_exact"] == metrics["caption_exact"]  # phase 3 is the final model
+    rows = {r["n_pairs"]: r for r in ablations["n_pairs"]}
+    assert list(rows) == list(cfg.ablation_pairs)
+    assert rows[cfg.n_pairs]["baseline_caption_exact"] == metrics["baseline_caption_exact"]
+    for r in ablations["n_pairs"]:
+        assert 0 <= r["vlv_caption_exact"] <= 1 and 0 <= r["baseline_caption_exact"] <= 1
+    html = (out / "report.html").read_text()
+    assert "Ablations" in html and "caption exact vs N pairs" in html
+
+
+def _shapes_model(seed: int = 0) -> VLV:
+    torch.manual_seed(seed)
+    return VLV(preset("shapes"))
+
+
+def test_stage1_cache_reloads_exactly_and_rejects_a_mismatch(quick_run, tmp_path):
     out, _ = quick_run
-    assert (out / "stage1" / "stamp.json").is_file()
-    assert vlv.load(out / "stage1").config.name == "shapes"
+    model = _shapes_model(seed=1)  # a different initialisation: everything must come from the file
+    record = load_stage1(model, out / "stage1")
+    probe = sample_scenes(32, seed=DemoConfig.quick().stage1.seed + 202, split="heldout")
+    # the held-out probe of the reloaded encoder equals the one logged at the end of training
+    assert stage1_probe(model, probe)["loss_z"] == pytest.approx(record["log"][-1]["loss_z"], rel=1e-5)
+    state = load_file(out / "stage1" / ENCODER_WEIGHTS)
+    state.pop(sorted(state)[0])
+    (tmp_path / "bad").mkdir()
+    save_file(state, tmp_path / "bad" / ENCODER_WEIGHTS)
+    (tmp_path / "bad" / STAGE1_RECORD).write_text((out / "stage1" / STAGE1_RECORD).read_text())
+    with pytest.raises(CheckpointMismatchError, match="missing keys"):
+        load_stage1(_shapes_model(), tmp_path / "bad")
+    with pytest.raises(FileNotFoundError, match="no stage-1 encoder"):
+        load_stage1(_shapes_model(), tmp_path)

@@ -221,6 +221,8 @@ def _tiny() -> VLVConfig:
 
 
 SHAPES_TEACHER = str(Path(__file__).resolve().parent / "assets" / "shapes_teacher")
+# The committed stage-1 encoder of the shapes demo (`vlv shapes train-encoder`), trained on renders only.
+SHAPES_ENCODER = str(Path(__file__).resolve().parent / "assets" / "shapes_encoder")
 
 
 def _shapes() -> VLVConfig:

@@ -66,3 +66,13 @@ def load_hf_strict(cls, source: str, *, revision: str | None = None, subfolder: 
         where = f"{source}/{subfolder}" if subfolder else source
         raise CheckpointMismatchError(f"{where} does not match {cls.__name__}: {problems or info['error_msgs']}")
     return model
+
+
+def untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors sharing memory (tied LLM embeddings): give each its own storage."""
+    seen, out = set(), {}
+    for k, v in state.items():
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out

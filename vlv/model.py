@@ -26,7 +26,7 @@ from vlv.config import VLVConfig, preset
 from vlv.diffusion import DiffusionDecoder
 from vlv.encoder import VLVEncoder, build_florence, resolve_prompt_ids
 from vlv.images import ImageInput, to_batch
-from vlv.loading import load_safetensors_strict
+from vlv.loading import load_safetensors_strict, untie
 
 CONFIG_NAME = "config.json"
 # Frozen components that can be bundled inside a checkpoint: config section → folder name.
@@ -37,15 +37,17 @@ WEIGHTS_NAME = "model.safetensors"
 def compose_embeddings(zs: torch.Tensor, splits: list[int] | None = None) -> torch.Tensor:
     """Splice the leading tokens of several caption embeddings into one.
 
-    zs: (K, L, D), one z per image. splits: tokens taken from each (sums to L); default an equal split, the
-    remainder going to the first images. Returns (1, L, D): z_1[:n_1] ; z_2[:n_2] ; … ; z_K[:n_K].
+    zs: (K, L, D), one z per image, or (P, K, L, D) for P compositions at once. splits: tokens taken from each
+    (sums to L); default an equal split, the remainder going to the first images. Returns (1, L, D) (or (P, L, D)):
+    z_1[:n_1] ; z_2[:n_2] ; … ; z_K[:n_K].
     """
-    K, L, _ = zs.shape
+    batched = zs if zs.dim() == 4 else zs.unsqueeze(0)
+    K, L = batched.shape[1:3]
     if splits is None:
         splits = [L // K + (1 if i < L % K else 0) for i in range(K)]
     if len(splits) != K or sum(splits) != L or min(splits) < 1:
         raise ValueError(f"splits {splits} must give each of {K} images ≥ 1 token and sum to {L}")
-    return torch.cat([z[:n] for z, n in zip(zs, splits)]).unsqueeze(0)
+    return torch.cat([batched[:, i, :n] for i, n in enumerate(splits)], dim=1)
 
 
 class VLV(nn.Module):
@@ -88,16 +90,31 @@ class VLV(nn.Module):
         *,
         noises_per_image: int = 1,
         t_min: int = 0,
+        compositions: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Stage-1 loss: the frozen teacher's denoising loss conditioned on CLIP(z). images: (B, 3, H, W) in [0, 1].
 
         noises_per_image: K noisy copies (own noise and timestep) of each image share one encoder pass, so each
         encoder step sees K samples of the teacher's signal. t_min: draw t from U{t_min..T-1}.
+        compositions: optional (sources (P, 2, 3, H, W), composites (P, 3, H, W)), still images only: the spliced
+        z of each source pair (`compose_embeddings`) must condition the denoising of the pair's composite image,
+        which teaches the encoder to keep each image's content in its leading tokens. Every noisy sample, plain
+        or composite, weighs the same in the mean.
         """
-        latents = self.diffusion.encode_images(to_batch(images, self.config.diffusion.image_size), generator)
-        c = self.diffusion.condition(self.encoder(images))  # (B, 77, D); gradients reach the encoder through c
+        size = self.config.diffusion.image_size
+        targets, inputs = images, images
+        if compositions is not None:
+            sources, composites = compositions
+            targets = torch.cat([images, composites])
+            inputs = torch.cat([images, sources.flatten(0, 1)])
+        latents = self.diffusion.encode_images(to_batch(targets, size), generator)
+        z = self.encoder(inputs)
+        B = images.shape[0]
+        if compositions is not None:
+            z = torch.cat([z[:B], compose_embeddings(z[B:].unflatten(0, (-1, 2)))])
+        c = self.diffusion.condition(z)  # (B [+ P], 77, D); gradients reach the encoder through c
         K = noises_per_image
-        latents, c = latents.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (B·K, ...)
+        latents, c = latents.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (·K, ...)
         return self.diffusion.denoising_loss(latents, c, generator, t_min=t_min)
 
     def captioner_loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
@@ -188,7 +205,7 @@ class VLV(nn.Module):
             )
         # Write to a temporary name first so an interrupted save never leaves a truncated checkpoint behind.
         tmp = out / (WEIGHTS_NAME + ".tmp")
-        save_file(_untie(state), str(tmp), metadata={"format": "pt"})
+        save_file(untie(state), str(tmp), metadata={"format": "pt"})
         os.replace(tmp, out / WEIGHTS_NAME)
         (out / CONFIG_NAME).write_text(config.to_json() + "\n")
 
@@ -221,16 +238,6 @@ def _resolve(directory: Path, source: str | None) -> str | None:
     if source is not None and not os.path.isabs(source) and (directory / source).is_dir():
         return str(directory / source)
     return source
-
-
-def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses tensors sharing memory (tied LLM embeddings): give each its own storage."""
-    seen, out = set(), {}
-    for k, v in state.items():
-        ptr = v.untyped_storage().data_ptr()
-        out[k] = v.clone() if ptr in seen else v
-        seen.add(ptr)
-    return out
 
 
 def load(

@@ -14,26 +14,44 @@ import copy
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from tqdm import tqdm
 
-from vlv.config import preset
-from vlv.data.shapes import Scene, parse_caption, render_batch, sample_scenes
+from vlv.config import SHAPES_ENCODER, preset
+from vlv.data.shapes import Scene, parse_caption, render_batch, sample_compositions, sample_scenes
+from vlv.loading import load_safetensors_strict, untie
 from vlv.metrics import frechet_distance
-from vlv.model import VLV
+from vlv.model import VLV, compose_embeddings
 from vlv.shapes_eval import AttributeReader, reading_of, score, train_reader
 from vlv.train import AutoencoderTrainConfig, OptimConfig, train_autoencoder, train_captioner
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """Stage 1 of the shapes demo: the optimiser plus the composition term (pairs of renders per step)."""
+
+    train: AutoencoderTrainConfig
+    composition_pairs: int = 0  # (a, b, a ∪ b) render triples per step for the composition term; 0 = off
+    seed: int = 0
+
+
+STAGE1_FULL = Stage1Config(
+    AutoencoderTrainConfig(steps=2000, batch_size=24, lr=1e-3, warmup_steps=50, noises_per_image=4),
+    composition_pairs=8,
+)
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     """Sizes of one demo run. `full()` is `make demo`; `quick()` is the < 2-minute smoke run used in tests."""
 
-    stage1: AutoencoderTrainConfig
+    stage1: Stage1Config
     phase_steps: tuple[int, int, int]  # stage-2 steps in progressive phases ψ / ψ+LLM / ψ+LLM+BART
     stage2_lr: float
     n_pairs: int  # paired captions available to stage 2 and to the baseline
@@ -43,13 +61,16 @@ class DemoConfig:
     reader_steps: int
     batch_size: int = 32
     seed: int = 0
+    # A committed stage-1 encoder folder to start from (`vlv shapes train-encoder`); None trains stage 1 here.
+    stage1_from: str | None = None
+    # `--ablations`: shorter stage-1 runs from scratch (the demo's own encoder is the largest size), and N values.
+    ablation_stage1_steps: tuple[int, ...] = (250, 1000)
+    ablation_pairs: tuple[int, ...] = (100, 1000, 10_000)
 
     @classmethod
-    def full(cls) -> DemoConfig:
+    def full(cls, *, from_scratch: bool = False) -> DemoConfig:
         return cls(
-            stage1=AutoencoderTrainConfig(
-                steps=2000, batch_size=32, lr=1e-3, warmup_steps=50, noises_per_image=4, head_lr_scale=1.0
-            ),
+            stage1=STAGE1_FULL,
             phase_steps=(300, 300, 300),
             stage2_lr=1e-3,
             n_pairs=1000,
@@ -57,12 +78,16 @@ class DemoConfig:
             teacher_eval_scenes=500,
             composition_pairs=100,
             reader_steps=800,
+            stage1_from=None if from_scratch else SHAPES_ENCODER,
         )
 
     @classmethod
     def quick(cls) -> DemoConfig:
         return cls(
-            stage1=AutoencoderTrainConfig(steps=60, batch_size=16, lr=1e-3, warmup_steps=10, noises_per_image=2),
+            stage1=Stage1Config(
+                AutoencoderTrainConfig(steps=60, batch_size=12, lr=1e-3, warmup_steps=10, noises_per_image=2),
+                composition_pairs=4,
+            ),
             phase_steps=(30, 30, 30),
             stage2_lr=1e-3,
             n_pairs=200,
@@ -71,6 +96,8 @@ class DemoConfig:
             composition_pairs=16,
             reader_steps=250,
             batch_size=16,
+            ablation_stage1_steps=(10, 30),
+            ablation_pairs=(50, 200, 400),
         )
 
 
@@ -116,26 +143,99 @@ def stage1_probe(model: VLV, scenes: list[Scene], references: dict | None = None
     }
 
 
-def run_stage1(model: VLV, cfg: DemoConfig, probe_scenes: list[Scene]) -> list[dict]:
-    """Stage 1 on unpaired training-split renders only (no captions are read)."""
-    size = model.config.diffusion.image_size
-    B = cfg.stage1.batch_size
+def composition_probe(model: VLV, triples: list[tuple[Scene, Scene, Scene]], references: dict | None = None) -> dict:
+    """Held-out loss of composite images a ∪ b conditioned on the spliced z of a and b, vs the true caption of a ∪ b
+    and the empty prompt; `recovered` is the share of the caption's gain the splice achieves."""
+    unions = [u for *_, u in triples]
+    references = references or prompt_losses(model.diffusion, unions)
+    with torch.no_grad():
+        z = model.encoder(torch.stack([_images([a, b]) for a, b, _ in triples]).flatten(0, 1))
+        c = model.diffusion.condition(compose_embeddings(z.unflatten(0, (-1, 2))))
+        loss = fixed_noise_loss(model.diffusion, _images(unions), c)
+    caption, empty = references["loss_caption"], references["loss_empty"]
+    return {"loss_composed": loss, "composition_recovered": (empty - loss) / (empty - caption)}
 
-    def batches(step: int) -> torch.Tensor:
-        return _images(sample_scenes(B, seed=cfg.seed * 1_000_003 + 17 + step, split="train"), size)
 
-    references = prompt_losses(model.diffusion, probe_scenes)
+def stage1_batches(cfg: Stage1Config, size: int = 16):
+    """batches(step) → training-split renders, plus (sources, composites) when the composition term is on."""
+
+    def batches(step: int):
+        seed = cfg.seed * 1_000_003 + 17 + step
+        images = _images(sample_scenes(cfg.train.batch_size, seed=seed, split="train"), size)
+        if not cfg.composition_pairs:
+            return images
+        triples = sample_compositions(cfg.composition_pairs, seed=seed, split="train")
+        sources = torch.stack([_images([a, b], size) for a, b, _ in triples])
+        return images, (sources, _images([u for *_, u in triples], size))
+
+    return batches
+
+
+def run_stage1(model: VLV, cfg: Stage1Config, *, log_points: int = 8) -> list[dict]:
+    """Stage 1 on unpaired training-split renders only (no captions are read); logs held-out probes."""
+    probe = sample_scenes(32, seed=cfg.seed + 202, split="heldout")
+    triples = sample_compositions(32, seed=cfg.seed + 303, split="heldout")
+    references = prompt_losses(model.diffusion, probe)
+    union_references = prompt_losses(model.diffusion, [u for *_, u in triples])
 
     def on_log(entry: dict) -> None:
         model.eval()
-        entry.update(stage1_probe(model, probe_scenes, references))
+        entry.update(stage1_probe(model, probe, references))
+        entry.update(composition_probe(model, triples, union_references))
         model.train()
 
-    return train_autoencoder(model, batches, cfg.stage1, log_every=max(1, cfg.stage1.steps // 8), on_log=on_log)
+    size = model.config.diffusion.image_size
+    log_every = max(1, cfg.train.steps // log_points)
+    return train_autoencoder(model, stage1_batches(cfg, size), cfg.train, log_every=log_every, on_log=on_log)
 
 
-def run_stage2(model: VLV, cfg: DemoConfig, pairs: list[Scene], *, baseline: bool = False) -> list[dict]:
-    """Stage 2 on the N pairs: progressive phases, or (baseline) everything trainable from the first step."""
+ENCODER_WEIGHTS = "encoder.safetensors"
+STAGE1_RECORD = "stage1.json"
+
+
+def stage1_recipe(cfg: Stage1Config, teacher: str | None) -> dict:
+    recipe = {"stage1": dataclasses.asdict(cfg), "teacher": Path(teacher).name if teacher else None}
+    return json.loads(json.dumps(recipe))  # as it reads back from stage1.json (tuples become lists)
+
+
+def save_stage1(model: VLV, directory: Path, record: dict) -> None:
+    """The stage-1 product: the encoder's trained weights and a record (recipe, time, log)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in model.encoder.trained_state_dict().items()}
+    tmp = directory / (ENCODER_WEIGHTS + ".tmp")
+    save_file(untie(state), str(tmp), metadata={"format": "pt"})
+    tmp.replace(directory / ENCODER_WEIGHTS)
+    (directory / STAGE1_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def load_stage1(model: VLV, directory: Path) -> dict:
+    """Load a stage-1 encoder (strict about every key and shape) into `model`; returns its record."""
+    if not (directory / ENCODER_WEIGHTS).is_file():
+        raise FileNotFoundError(f"no stage-1 encoder at {directory} (expected {ENCODER_WEIGHTS})")
+    load_safetensors_strict({"encoder": model.encoder}, str(directory / ENCODER_WEIGHTS))
+    return json.loads((directory / STAGE1_RECORD).read_text())
+
+
+def train_stage1(model: VLV, cfg: Stage1Config, out: Path, teacher: str | None) -> dict:
+    """Train stage 1 and save it to `out`; returns the record."""
+    t0 = time.perf_counter()
+    log = run_stage1(model, cfg)
+    record = {**stage1_recipe(cfg, teacher), "seconds": time.perf_counter() - t0, "log": log}
+    save_stage1(model, out, record)
+    return record
+
+
+def run_stage2(
+    model: VLV,
+    cfg: DemoConfig,
+    pairs: list[Scene],
+    *,
+    baseline: bool = False,
+    after_phase: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Stage 2 on the N pairs: progressive phases, or (baseline) everything trainable from the first step.
+
+    after_phase(i) is called after progressive phase i (1-based), e.g. to score captions phase by phase."""
     images, captions = _images(pairs), [s.caption for s in pairs]
     rng = np.random.default_rng(cfg.seed + 5)
 
@@ -156,6 +256,8 @@ def run_stage2(model: VLV, cfg: DemoConfig, pairs: list[Scene], *, baseline: boo
         opt = OptimConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.stage2_lr, warmup_steps=20, seed=cfg.seed + i)
         for e in train_captioner(model, batches, opt, log_every=max(1, steps // 10)):
             log.append({**e, "phase": i + 1})
+        if after_phase is not None:
+            after_phase(i + 1)
     model.encoder.set_trainable(model.config.encoder.trainable)
     return log
 
@@ -207,17 +309,47 @@ def evaluate_composition(model: VLV, reader: AttributeReader, n: int, seed: int)
     return {"both_present": hits / n}, examples
 
 
-def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str | None = None) -> dict:
-    """The whole demo; returns metrics.json's content."""
+def _recipe_of(directory: Path) -> dict:
+    record = json.loads((directory / STAGE1_RECORD).read_text())
+    return {k: record.get(k) for k in ("stage1", "teacher")}
+
+
+def demo_base_config(cfg: DemoConfig, teacher: str | None):
+    base = preset("shapes")
+    if teacher is not None:
+        base = dataclasses.replace(base, diffusion=dataclasses.replace(base.diffusion, source=teacher))
+    return dataclasses.replace(base, seed=cfg.seed)
+
+
+def obtain_stage1(base, stage1: Stage1Config, source: str | None, cache: Path) -> tuple[VLV, dict]:
+    """A model whose encoder went through stage 1: loaded from `source` (a committed encoder), from `cache` when it
+    holds the same recipe, or trained now and saved to `cache`."""
+    torch.manual_seed(base.seed)
+    model = VLV(base)
+    if source is not None:
+        record = load_stage1(model, Path(source))
+        tqdm.write(f"stage 1: the committed encoder from {source} ({record['seconds']:.0f} s of training)")
+    elif (cache / STAGE1_RECORD).is_file() and _recipe_of(cache) == stage1_recipe(stage1, base.diffusion.source):
+        record = load_stage1(model, cache)
+        tqdm.write(f"stage 1: loaded the cached encoder from {cache}")
+    else:
+        record = train_stage1(model, stage1, cache, base.diffusion.source)
+    return model, record
+
+
+def demo_pairs(cfg: DemoConfig, n: int | None = None) -> list[Scene]:
+    """The N paired captions of stage 2 and the baseline (training split)."""
+    return sample_scenes(cfg.n_pairs if n is None else n, seed=cfg.seed + 303, split="train")
+
+
+def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str | None = None, ablations: bool = False) -> dict:
+    """The whole demo; returns metrics.json's content. ablations: also run `run_ablations` (up to an hour)."""
     from vlv.report import write_report
 
     start, seconds = time.perf_counter(), {}
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    base = preset("shapes")
-    if teacher is not None:
-        base = dataclasses.replace(base, diffusion=dataclasses.replace(base.diffusion, source=teacher))
-    base = dataclasses.replace(base, seed=cfg.seed)
+    base = demo_base_config(cfg, teacher)
 
     def lap(name: str, t0: float) -> None:
         seconds[name] = time.perf_counter() - t0
@@ -229,32 +361,31 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str | None = None) -
     reader_check = score(reader.read(_images(heldout)), [reading_of(s) for s in heldout])
     lap("attribute_reader", t0)
 
-    # Stage 1 (cached: a second run with the same settings loads it).
     t0 = time.perf_counter()
-    stage1_dir = out / "stage1"
-    probe = sample_scenes(32, seed=cfg.seed + 202, split="heldout")
-    stamp = json.dumps({"stage1": dataclasses.asdict(cfg.stage1), "seed": cfg.seed, "teacher": base.diffusion.source})
-    if (stage1_dir / "stamp.json").is_file() and (stage1_dir / "stamp.json").read_text() == stamp:
-        model = VLV.from_pretrained(stage1_dir)
-        stage1_log = json.loads((stage1_dir / "log.json").read_text())
-        tqdm.write(f"stage 1: loaded the cached encoder from {stage1_dir}")
-    else:
-        model = VLV(base)
-        stage1_log = run_stage1(model, cfg, probe)
-        model.save_pretrained(stage1_dir)
-        (stage1_dir / "log.json").write_text(json.dumps(stage1_log, indent=2))
-        (stage1_dir / "stamp.json").write_text(stamp)
+    model, stage1 = obtain_stage1(base, cfg.stage1, cfg.stage1_from, out / "stage1")
     lap("stage1", t0)
 
     # Reconstruction and composition are the auto-encoder's products: keep the stage-1 model, because progressive
     # phase 3 trains BART for captioning and moves z away from what the teacher decodes best.
     autoencoder = copy.deepcopy(model).eval()
-    pairs = sample_scenes(cfg.n_pairs, seed=cfg.seed + 303, split="train")
+    pairs = demo_pairs(cfg)
     t0 = time.perf_counter()
-    stage2_log = run_stage2(model, cfg, pairs)
+    by_phase = []
+    eval_seconds = 0.0
+
+    def after_phase(phase: int) -> None:
+        nonlocal eval_seconds
+        t = time.perf_counter()
+        by_phase.append(evaluate_captions(model.eval(), heldout)[0]["exact"])
+        model.train()
+        eval_seconds += time.perf_counter() - t
+
+    stage2_log = run_stage2(model, cfg, pairs, after_phase=after_phase)
     lap("stage2", t0)
+    seconds["stage2"] -= eval_seconds  # the per-phase captioning belongs to the evaluation
 
     t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
     baseline = VLV(base)
     baseline_log = run_stage2(baseline, cfg, pairs, baseline=True)
     lap("baseline", t0)
@@ -266,8 +397,10 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str | None = None) -
     baseline_scores, _ = evaluate_captions(baseline.eval(), heldout)
     recon_scores, recon = evaluate_reconstruction(autoencoder, reader, heldout)
     composition, compositions = evaluate_composition(autoencoder, reader, cfg.composition_pairs, cfg.seed + 404)
+    probe = sample_scenes(32, seed=cfg.seed + 202, split="heldout")
     final_probe = {"stage1_model": stage1_probe(autoencoder, probe), "final_model": stage1_probe(model, probe)}
     lap("evaluation", t0)
+    seconds["evaluation"] += eval_seconds
 
     model.save_pretrained(out / "model")
     metrics = {
@@ -285,15 +418,21 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str | None = None) -
             "reader_on_clean_heldout": reader_check,
             "teacher": teacher_scores,
             "captions": caption_scores,
+            "caption_exact_by_phase": by_phase,
             "baseline_captions": baseline_scores,
             "reconstruction": recon_scores,
             "stage1_probe": final_probe,
+            "stage1": {k: v for k, v in stage1.items() if k != "log"} | {"from": cfg.stage1_from or "trained here"},
             "eval_scenes": len(heldout),
         },
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    logs = {"stage1": stage1_log, "stage2": stage2_log, "baseline": baseline_log}
+    logs = {"stage1": stage1["log"], "stage2": stage2_log, "baseline": baseline_log}
     (out / "logs.json").write_text(json.dumps(logs, indent=1) + "\n")
+    ablation = None
+    if ablations:
+        ablation = run_ablations(out, cfg, base, heldout, metrics, stage1)
+        (out / "ablations.json").write_text(json.dumps(ablation, indent=2) + "\n")
     write_report(
         out / "report.html",
         metrics=metrics,
@@ -304,9 +443,52 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str | None = None) -
         teacher_samples=teacher_samples[:12],
         teacher_scenes=heldout[:12],
         compositions=compositions,
-        curves={"stage 1 (train loss)": stage1_log, "stage 2": stage2_log, "baseline": baseline_log},
+        curves={"stage 1 (train loss)": stage1["log"], "stage 2": stage2_log, "baseline": baseline_log},
+        ablations=ablation,
     )
     return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ablations (`vlv demo --ablations`)
+
+
+def run_ablations(out: Path, cfg: DemoConfig, base, heldout: list[Scene], metrics: dict, stage1: dict) -> dict:
+    """Caption exactness vs the amount of stage 1, after each progressive phase, and vs N (VLV and baseline)."""
+
+    def stage1_row(record: dict, exact: float) -> dict:
+        steps = record["stage1"]["train"]["steps"]
+        renders = steps * (record["stage1"]["train"]["batch_size"] + 3 * record["stage1"]["composition_pairs"])
+        return {
+            "stage1_steps": steps,
+            "renders": renders,
+            "recovered": record["log"][-1]["recovered"],
+            "caption_exact": exact,
+        }
+
+    rows_stage1 = []
+    for steps in cfg.ablation_stage1_steps:
+        recipe = dataclasses.replace(cfg.stage1, train=dataclasses.replace(cfg.stage1.train, steps=steps))
+        model, record = obtain_stage1(base, recipe, None, out / "ablations" / f"stage1_{steps}")
+        run_stage2(model, cfg, demo_pairs(cfg))
+        rows_stage1.append(stage1_row(record, evaluate_captions(model.eval(), heldout)[0]["exact"]))
+    rows_stage1.append(stage1_row(stage1, metrics["caption_exact"]))
+    rows_pairs = []
+    for n in cfg.ablation_pairs:
+        if n == cfg.n_pairs:
+            vlv_exact, base_exact = metrics["caption_exact"], metrics["baseline_caption_exact"]
+        else:
+            pairs = demo_pairs(cfg, n)
+            model, _ = obtain_stage1(base, cfg.stage1, cfg.stage1_from, out / "stage1")
+            run_stage2(model, cfg, pairs)
+            vlv_exact = evaluate_captions(model.eval(), heldout)[0]["exact"]
+            torch.manual_seed(cfg.seed)
+            baseline = VLV(base)
+            run_stage2(baseline, cfg, pairs, baseline=True)
+            base_exact = evaluate_captions(baseline.eval(), heldout)[0]["exact"]
+        rows_pairs.append({"n_pairs": n, "vlv_caption_exact": vlv_exact, "baseline_caption_exact": base_exact})
+    phases = [{"phase": i + 1, "caption_exact": e} for i, e in enumerate(metrics["details"]["caption_exact_by_phase"])]
+    return {"stage1_amount": rows_stage1, "phases": phases, "n_pairs": rows_pairs}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -106,20 +106,25 @@ def run_steps(
 
 def train_autoencoder(
     model: VLV,
-    batches: Callable[[int], torch.Tensor],
+    batches: Callable[[int], torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]],
     cfg: AutoencoderTrainConfig,
     **kwargs,
 ) -> list[dict]:
     """Stage 1: train the encoder's trainable parts against the frozen teacher on images alone.
 
-    batches(step) → images (B, 3, H, W) in [0, 1] on the model's device.
+    batches(step) → images (B, 3, H, W) in [0, 1] on the model's device, or (images, compositions) with
+    compositions = (sources (P, 2, 3, H, W), composites (P, 3, H, W)) for the composition term of
+    `VLV.autoencoder_loss`.
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(model.device).manual_seed(cfg.seed)
 
     def loss_fn(step: int) -> torch.Tensor:
-        images = batches(step)
-        return model.autoencoder_loss(images, gen, noises_per_image=cfg.noises_per_image, t_min=cfg.t_min)
+        batch = batches(step)
+        images, compositions = batch if isinstance(batch, tuple) else (batch, None)
+        return model.autoencoder_loss(
+            images, gen, noises_per_image=cfg.noises_per_image, t_min=cfg.t_min, compositions=compositions
+        )
 
     return run_steps(model, cfg, loss_fn, desc="stage 1", **kwargs)
 

@@ -138,6 +138,22 @@ def sample_scenes(n: int, seed: int, split: str = "train") -> list[Scene]:
     return out
 
 
+def sample_compositions(n: int, seed: int, split: str = "train") -> list[tuple[Scene, Scene, Scene]]:
+    """n triples (a, b, a ∪ b) of one-object scenes in distinct quadrants and their union, all three in `split`."""
+    in_split = lambda s: split == "all" or s.held_out == (split == "heldout")  # noqa: E731
+    singles = [s for s in all_scenes() if len(s.objects) == 1 and in_split(s)]
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        a, b = rng.sample(singles, 2)
+        if a.objects[0].position == b.objects[0].position:
+            continue
+        union = Scene(a.objects + b.objects)
+        if in_split(union):
+            out.append((a, b, union))
+    return out
+
+
 def render(scene: Scene, size: int = 16) -> Image.Image:
     """Draw `scene` as a size × size RGB image on the fixed background."""
     S = size * SUPERSAMPLE
