@@ -1,6 +1,7 @@
 """`vlv demo --quick`: the whole method at smoke size against the committed teacher, with its own thresholds."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,11 +9,19 @@ from safetensors.torch import load_file, save_file
 
 import vlv
 from vlv.cli import main
-from vlv.config import preset
+from vlv.config import SHAPES_ENCODER, preset
 from vlv.data.shapes import parse_caption, render_batch, sample_scenes
 from vlv.loading import CheckpointMismatchError
 from vlv.model import VLV
-from vlv.shapes_demo import ENCODER_WEIGHTS, STAGE1_RECORD, DemoConfig, load_stage1, stage1_probe
+from vlv.shapes_demo import (
+    ENCODER_WEIGHTS,
+    STAGE1_COMMITTED,
+    STAGE1_RECORD,
+    DemoConfig,
+    load_stage1,
+    stage1_config_of,
+    stage1_probe,
+)
 
 KEYS = {
     "teacher_attribute_accuracy",
@@ -70,7 +79,7 @@ def test_ablations_cover_stage1_amount_phases_and_n(quick_run):
     cfg = DemoConfig.quick()
     ablations = json.loads((out / "ablations.json").read_text())
     steps = [r["stage1_steps"] for r in ablations["stage1_amount"]]
-    assert steps == [*cfg.ablation_stage1_steps, cfg.stage1.train.steps]
+    assert steps == [*cfg.ablation_stage1_steps, cfg.stage1.steps]
     assert ablations["stage1_amount"][-1]["caption_exact"] == metrics["caption_exact"]
     assert [r["phase"] for r in ablations["phases"]] == [1, 2, 3]
     assert ablations["phases"][-1]["caption_exact"] == metrics["caption_exact"]  # phase 3 is the final model
@@ -104,3 +113,15 @@ def test_stage1_cache_reloads_exactly_and_rejects_a_mismatch(quick_run, tmp_path
         load_stage1(_shapes_model(), tmp_path / "bad")
     with pytest.raises(FileNotFoundError, match="no stage-1 encoder"):
         load_stage1(_shapes_model(), tmp_path)
+
+
+def test_committed_encoder_loads_and_reproduces_its_record():
+    """`make demo` starts from this encoder: it must load strictly into the shapes preset and be the one recorded."""
+    assert DemoConfig.full().stage1_from == SHAPES_ENCODER
+    model = _shapes_model(seed=1)
+    record = load_stage1(model, Path(SHAPES_ENCODER))
+    assert stage1_config_of(record) == STAGE1_COMMITTED  # trained by `vlv shapes train-encoder` with its defaults
+    probe = sample_scenes(32, seed=record["stage1"]["seed"] + 202, split="heldout")
+    last = record["log"][-1]
+    assert stage1_probe(model, probe)["loss_z"] == pytest.approx(last["loss_z"], rel=1e-4)
+    assert last["recovered"] >= 0.85  # z recovers most of what the true caption gives the teacher

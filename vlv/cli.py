@@ -123,11 +123,15 @@ def cmd_shapes_train_encoder(args: argparse.Namespace) -> int:
 
     from vlv.config import SHAPES_TEACHER, preset
     from vlv.model import VLV
-    from vlv.shapes_demo import STAGE1_FULL, train_stage1
+    from vlv.shapes_demo import STAGE1_COMMITTED as recipe
+    from vlv.shapes_demo import train_stage1
 
     teacher = args.teacher or SHAPES_TEACHER
     cfg = dataclasses.replace(
-        STAGE1_FULL, train=dataclasses.replace(STAGE1_FULL.train, steps=args.steps), seed=args.seed
+        recipe,
+        train=dataclasses.replace(recipe.train, steps=args.steps),
+        compose=dataclasses.replace(recipe.compose, steps=args.compose_steps) if args.compose_steps else None,
+        seed=args.seed,
     )
     config = preset("shapes")
     diffusion = dataclasses.replace(config.diffusion, source=teacher)
@@ -136,7 +140,7 @@ def cmd_shapes_train_encoder(args: argparse.Namespace) -> int:
     record = train_stage1(VLV(config), cfg, Path(args.out), teacher)
     last = record["log"][-1]
     print(
-        f"stage 1: {args.steps} steps in {record['seconds']:.0f} s; held-out recovered {last['recovered']:.3f}, "
+        f"stage 1: {cfg.steps} steps in {record['seconds']:.0f} s; held-out recovered {last['recovered']:.3f}, "
         f"composition recovered {last['composition_recovered']:.3f}; wrote {args.out}"
     )
     return 0
@@ -214,7 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = shapes.add_parser("train-encoder", help="train the demo's stage-1 encoder on renders only (no captions)")
     p.add_argument("--out", default="runs/shapes_encoder", help="output folder (encoder.safetensors, stage1.json)")
-    p.add_argument("--steps", type=int, default=5000, help="training steps (24 renders + 8 composite triples each)")
+    p.add_argument("--steps", type=int, default=2000, help="steps on renders only (32 per step)")
+    p.add_argument(
+        "--compose-steps",
+        type=int,
+        default=1500,
+        help="then steps with the composition term (24 renders + 8 composite triples each); 0 = none",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data and noise")
     p.add_argument("--teacher", default=None, help="diffusers folder of a shapes teacher (default: the committed one)")
     p.set_defaults(func=cmd_shapes_train_encoder)
