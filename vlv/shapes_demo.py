@@ -420,7 +420,7 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str | None = None, a
     def after_phase(phase: int) -> None:
         nonlocal eval_seconds
         t = time.perf_counter()
-        by_phase.append(evaluate_captions(model.eval(), heldout)[0]["exact"])
+        by_phase.append(evaluate_captions(model.eval(), heldout))
         model.train()
         eval_seconds += time.perf_counter() - t
 
@@ -437,7 +437,7 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str | None = None, a
     t0 = time.perf_counter()
     model.eval()
     teacher_scores, teacher_samples = evaluate_teacher(model, reader, heldout[: cfg.teacher_eval_scenes])
-    caption_scores, captions = evaluate_captions(model, heldout)
+    caption_scores, captions = by_phase[-1]  # after phase 3 the model is final: its captions are already scored
     baseline_scores, _ = evaluate_captions(baseline.eval(), heldout)
     recon_scores, recon = evaluate_reconstruction(autoencoder, reader, heldout)
     composition, compositions = evaluate_composition(autoencoder, reader, cfg.composition_pairs, cfg.seed + 404)
@@ -462,7 +462,7 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str | None = None, a
             "reader_on_clean_heldout": reader_check,
             "teacher": teacher_scores,
             "captions": caption_scores,
-            "caption_exact_by_phase": by_phase,
+            "caption_exact_by_phase": [scores["exact"] for scores, _ in by_phase],
             "baseline_captions": baseline_scores,
             "reconstruction": recon_scores,
             "stage1_probe": final_probe,
