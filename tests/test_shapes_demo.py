@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 import vlv
 from vlv.cli import main
 from vlv.config import SHAPES_ENCODER, preset
-from vlv.data.shapes import parse_caption, render_batch, sample_scenes
+from vlv.data.shapes import parse_caption, render_batch, sample_compositions, sample_scenes
 from vlv.loading import CheckpointMismatchError
 from vlv.model import VLV
 from vlv.shapes_demo import (
@@ -18,6 +18,7 @@ from vlv.shapes_demo import (
     STAGE1_COMMITTED,
     STAGE1_RECORD,
     DemoConfig,
+    composition_probe,
     load_stage1,
     stage1_config_of,
     stage1_probe,
@@ -51,6 +52,9 @@ def test_quick_demo_writes_metrics_report_and_model(quick_run):
         assert 0 <= metrics[key] <= 1, key
     assert metrics["n_pairs"] == DemoConfig.quick().n_pairs
     assert set(metrics["seconds_by_phase"]) == {"attribute_reader", "stage1", "stage2", "baseline", "evaluation"}
+    composition = metrics["details"]["composition"]  # both present implies each present
+    assert composition["both_present"] == metrics["composition_both_present"]
+    assert composition["both_present"] <= min(composition["first_present"], composition["second_present"])
     html = (out / "report.html").read_text()
     assert html.count("<img") >= 30 and "caption_exact" in html
     model = vlv.load(out / "model")
@@ -125,3 +129,7 @@ def test_committed_encoder_loads_and_reproduces_its_record():
     last = record["log"][-1]
     assert stage1_probe(model, probe)["loss_z"] == pytest.approx(last["loss_z"], rel=1e-4)
     assert last["recovered"] >= 0.85  # z recovers most of what the true caption gives the teacher
+    triples = sample_compositions(32, seed=record["stage1"]["seed"] + 303, split="heldout")
+    composed = composition_probe(model, triples)
+    assert composed["loss_composed"] == pytest.approx(last["loss_composed"], rel=1e-4)
+    assert last["composition_recovered"] >= 0.85  # so does the spliced z of two images, for their union

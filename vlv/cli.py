@@ -131,6 +131,7 @@ def cmd_shapes_train_encoder(args: argparse.Namespace) -> int:
         recipe,
         train=dataclasses.replace(recipe.train, steps=args.steps),
         compose=dataclasses.replace(recipe.compose, steps=args.compose_steps) if args.compose_steps else None,
+        composition_pairs=args.composition_pairs,
         seed=args.seed,
     )
     config = preset("shapes")
@@ -222,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compose-steps",
         type=int,
-        default=1500,
-        help="then steps with the composition term (24 renders + 8 composite triples each); 0 = none",
+        default=3500,
+        help="then steps with the composition term (24 renders + the composite triples each); 0 = none",
     )
+    p.add_argument("--composition-pairs", type=int, default=12, help="composite triples (a, b, a ∪ b) per step")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data and noise")
     p.add_argument("--teacher", default=None, help="diffusers folder of a shapes teacher (default: the committed one)")
     p.set_defaults(func=cmd_shapes_train_encoder)
