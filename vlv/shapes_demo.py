@@ -506,8 +506,8 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str | None = None, a
 def run_ablations(out: Path, cfg: DemoConfig, base, heldout: list[Scene], metrics: dict, stage1: dict) -> dict:
     """Caption exactness vs the amount of stage 1, after each progressive phase, and vs N (VLV and baseline)."""
 
-    def stage1_row(recipe: Stage1Config, record: dict, exact: float) -> dict:
-        recovered = record["log"][-1]["recovered"]
+    def stage1_row(record: dict, exact: float) -> dict:
+        recipe, recovered = stage1_config_of(record), record["log"][-1]["recovered"]
         return {"stage1_steps": recipe.steps, "renders": recipe.renders, "recovered": recovered, "caption_exact": exact}
 
     rows_stage1 = []
@@ -515,8 +515,8 @@ def run_ablations(out: Path, cfg: DemoConfig, base, heldout: list[Scene], metric
         recipe = Stage1Config(dataclasses.replace(cfg.stage1.train, steps=steps), seed=cfg.seed)
         model, record = obtain_stage1(base, recipe, None, out / "ablations" / f"stage1_{steps}")
         run_stage2(model, cfg, demo_pairs(cfg))
-        rows_stage1.append(stage1_row(recipe, record, evaluate_captions(model.eval(), heldout)[0]["exact"]))
-    rows_stage1.append(stage1_row(stage1_config_of(stage1), stage1, metrics["caption_exact"]))
+        rows_stage1.append(stage1_row(record, evaluate_captions(model.eval(), heldout)[0]["exact"]))
+    rows_stage1.append(stage1_row(stage1, metrics["caption_exact"]))
     rows_pairs = []
     for n in cfg.ablation_pairs:
         if n == cfg.n_pairs:
