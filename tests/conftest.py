@@ -8,8 +8,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from vlv.config import preset  # noqa: E402
 from vlv.model import VLV  # noqa: E402
+from vlv.presets import preset  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +19,7 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_config):
-    """A shared tiny model for read-only tests (tests that train build their own)."""
+    """A shared tiny model for read-only tests (tests that train, or count built parts, build their own)."""
     return VLV(tiny_config).eval()
 
 
@@ -40,3 +40,19 @@ def train_steps(loss_fn, params, steps: int, lr: float) -> list[float]:
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def free_z_loss(model, images, loss_of_z, steps: int = 150) -> float:
+    """The lowest loss an optimised z reaches on this batch: what a perfect encoder could do through the frozen
+    teacher. `loss_of_z(z)` → the loss for caption embeddings z (B, 77, D)."""
+    with torch.no_grad():
+        z = model.encoder(images).clone()
+    z.requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=3e-2)
+    for _ in range(steps):
+        loss = loss_of_z(z)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return loss_of_z(z).item()

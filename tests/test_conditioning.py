@@ -6,7 +6,7 @@ from vlv.conditioning import encode_embeddings, encode_token_ids
 
 def _clip(tiny_config):
     torch.manual_seed(0)
-    return CLIPTextModel(CLIPTextConfig(**tiny_config.diffusion.text_encoder_arch)).eval()
+    return CLIPTextModel(CLIPTextConfig(**tiny_config.teacher.text_encoder_arch)).eval()
 
 
 def test_z_path_equals_clip_on_its_own_token_embeddings(tiny_config):

@@ -3,22 +3,30 @@ import dataclasses
 import pytest
 import torch
 
-from vlv.diffusion import DiffusionDecoder
+from vlv.conditioning import build_text_conditioner
+from vlv.config import SampleOptions
+from vlv.diffusion import build_diffusion_decoder
+
+WIDTH = 32  # the tiny text encoder's width
 
 
 def _decoder(tiny_config, **changes):
     torch.manual_seed(0)
-    return DiffusionDecoder(dataclasses.replace(tiny_config.diffusion, **changes), pretrained=False)
+    return build_diffusion_decoder(dataclasses.replace(tiny_config.teacher, **changes), pretrained=False)
 
 
 def _c(decoder, B=2, seed=0):
-    width = decoder.text_encoder.config.hidden_size
-    return torch.randn(B, 77, width, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(B, 77, WIDTH, generator=torch.Generator().manual_seed(seed))
+
+
+def _sample(dec, c, *, seed=0, **options):
+    opts = dataclasses.replace(SampleOptions(steps=2), **options)
+    return dec.sample(c, _c(dec, 1, seed=99), opts, torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_loss_regresses_the_schedulers_target(tiny_config, prediction_type):
-    scheduler = {**tiny_config.diffusion.scheduler, "prediction_type": prediction_type}
+    scheduler = {**tiny_config.teacher.scheduler, "prediction_type": prediction_type}
     dec = _decoder(tiny_config, scheduler=scheduler)
     latents = torch.rand(2, 3, 16, 16) * 2 - 1
     c = _c(dec)
@@ -38,7 +46,7 @@ def test_loss_regresses_the_schedulers_target(tiny_config, prediction_type):
 
 
 def test_unsupported_prediction_type_is_an_error(tiny_config):
-    dec = _decoder(tiny_config, scheduler={**tiny_config.diffusion.scheduler, "prediction_type": "sample"})
+    dec = _decoder(tiny_config, scheduler={**tiny_config.teacher.scheduler, "prediction_type": "sample"})
     with pytest.raises(ValueError, match="sample"):
         dec.denoising_loss(torch.zeros(1, 3, 16, 16), _c(dec, 1))
 
@@ -55,9 +63,9 @@ def test_loss_reaches_c_but_not_teacher_weights(tiny_config):
 def test_sampling_is_seeded_and_in_range(tiny_config, sampler):
     dec = _decoder(tiny_config)
     c = _c(dec)
-    a = dec.sample(c, steps=3, sampler=sampler, generator=torch.Generator().manual_seed(0))
-    b = dec.sample(c, steps=3, sampler=sampler, generator=torch.Generator().manual_seed(0))
-    other = dec.sample(c, steps=3, sampler=sampler, generator=torch.Generator().manual_seed(1))
+    a = _sample(dec, c, steps=3, sampler=sampler)
+    b = _sample(dec, c, steps=3, sampler=sampler)
+    other = _sample(dec, c, steps=3, sampler=sampler, seed=1)
     assert a.shape == (2, 3, 16, 16)
     assert a.min() >= 0 and a.max() <= 1
     assert torch.equal(a, b)
@@ -66,15 +74,14 @@ def test_sampling_is_seeded_and_in_range(tiny_config, sampler):
 
 def test_unknown_sampler_is_an_error(tiny_config):
     with pytest.raises(ValueError, match="dpm"):
-        _decoder(tiny_config).sample(torch.zeros(1, 77, 32), steps=2, sampler="euler")
+        _sample(_decoder(tiny_config), torch.zeros(1, 77, 32), sampler="euler")
 
 
 def test_guidance_zero_ignores_the_condition(tiny_config):
     dec = _decoder(tiny_config)
-    kw = dict(steps=2, sampler="ddpm")
-    a = dec.sample(_c(dec, 1, 0), guidance=0.0, generator=torch.Generator().manual_seed(0), **kw)
-    b = dec.sample(_c(dec, 1, 1), guidance=0.0, generator=torch.Generator().manual_seed(0), **kw)
-    c = dec.sample(_c(dec, 1, 1), guidance=2.0, generator=torch.Generator().manual_seed(0), **kw)
+    a = _sample(dec, _c(dec, 1, 0), guidance=0.0, sampler="ddpm")
+    b = _sample(dec, _c(dec, 1, 1), guidance=0.0, sampler="ddpm")
+    c = _sample(dec, _c(dec, 1, 1), guidance=2.0, sampler="ddpm")
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -88,23 +95,29 @@ def test_latent_space_teacher_with_a_vae(tiny_config):
         norm_num_groups=8,
         layers_per_block=1,
     )
-    unet_arch = {**tiny_config.diffusion.unet_arch, "in_channels": 4, "out_channels": 4, "sample_size": 8}
+    unet_arch = {**tiny_config.teacher.unet_arch, "in_channels": 4, "out_channels": 4, "sample_size": 8}
     dec = _decoder(tiny_config, vae_arch=vae_arch, unet_arch=unet_arch)
     images = torch.rand(2, 3, 16, 16)
     latents = dec.encode_images(images, torch.Generator().manual_seed(0))
     assert latents.shape == (2, 4, 8, 8)
     assert dec.vae_scale == 2
     assert dec.denoising_loss(latents, _c(dec)).ndim == 0
-    assert dec.sample(_c(dec), steps=2, generator=torch.Generator().manual_seed(0)).shape == (2, 3, 16, 16)
+    assert _sample(dec, _c(dec)).shape == (2, 3, 16, 16)
 
 
 def test_teacher_saves_in_diffusers_layout_and_reloads_bitwise(tiny_config, tmp_path):
-    dec = _decoder(tiny_config)
+    dec, text = _decoder(tiny_config), build_text_conditioner(tiny_config.teacher, pretrained=False)
     dec.save_pretrained(str(tmp_path / "teacher"))
+    text.save_pretrained(str(tmp_path / "teacher"))
     for sub in ("text_encoder", "tokenizer", "unet", "scheduler"):
         assert (tmp_path / "teacher" / sub).is_dir(), sub
-    again = DiffusionDecoder(dataclasses.replace(tiny_config.diffusion, source=str(tmp_path / "teacher")))
-    ref = dec.state_dict()
-    for k, v in again.state_dict().items():
-        assert torch.equal(v, ref[k]), k
-    assert torch.equal(again.encode_prompts(["a red circle"]), dec.encode_prompts(["a red circle"]))
+    teacher = dataclasses.replace(tiny_config.teacher, source=str(tmp_path / "teacher"))
+    again, text_again = (
+        build_diffusion_decoder(teacher, pretrained=True),
+        build_text_conditioner(teacher, pretrained=True),
+    )
+    for module, reloaded in ((dec, again), (text, text_again)):
+        ref = module.state_dict()
+        for k, v in reloaded.state_dict().items():
+            assert torch.equal(v, ref[k]), k
+    assert torch.equal(text_again.encode_prompts(["a red circle"]), text.encode_prompts(["a red circle"]))

@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -8,7 +10,8 @@ from safetensors.torch import load_file, save_file
 import vlv
 from vlv.images import to_batch
 from vlv.loading import CheckpointMismatchError
-from vlv.model import compose_embeddings
+from vlv.model import VLV, compose_embeddings
+from vlv.presets import STAGE1_PARTS, preset
 
 
 def test_compose_equal_split_takes_leading_tokens():
@@ -38,18 +41,19 @@ def test_autoencoder_loss_with_compositions_is_the_loss_of_spliced_z(tiny_model)
     g = torch.Generator().manual_seed(0)
     images, sources = torch.rand(2, 3, 32, 32, generator=g), torch.rand(1, 2, 3, 32, 32, generator=g)
     composites = torch.rand(1, 3, 32, 32, generator=g)
+    ae = tiny_model.autoencoder(noises_per_image=2)
     with torch.no_grad():
-        loss = tiny_model.autoencoder_loss(
-            images, torch.Generator().manual_seed(1), noises_per_image=2, compositions=(sources, composites)
-        )
+        torch.manual_seed(1)
+        loss = ae({"images": images, "sources": sources, "composites": composites})
         # by hand: z of the sources spliced (equal split), the composite as the denoising target
         z = torch.cat([tiny_model.encoder(images), compose_embeddings(tiny_model.encoder(sources[0]))])
-        gen = torch.Generator().manual_seed(1)
-        targets = to_batch(torch.cat([images, composites]), tiny_model.config.diffusion.image_size)
-        latents = tiny_model.diffusion.encode_images(targets, gen)
-        c = tiny_model.diffusion.condition(z)
-        by_hand = tiny_model.diffusion.denoising_loss(latents.repeat_interleave(2, 0), c.repeat_interleave(2, 0), gen)
-        plain = tiny_model.autoencoder_loss(images, torch.Generator().manual_seed(1), noises_per_image=2)
+        targets = to_batch(torch.cat([images, composites]), tiny_model.config.teacher.image_size)
+        latents = tiny_model.decoder.encode_images(targets)
+        c = tiny_model.conditioner(z)
+        torch.manual_seed(1)
+        by_hand = tiny_model.decoder.denoising_loss(latents.repeat_interleave(2, 0), c.repeat_interleave(2, 0))
+        torch.manual_seed(1)
+        plain = ae({"images": images})
     assert torch.allclose(loss, by_hand, rtol=1e-5)
     assert not torch.allclose(loss, plain)
 
@@ -61,6 +65,45 @@ def test_api_shapes(tiny_model, images):
     assert recon.shape == (2, 3, 16, 16) and 0 <= recon.min() and recon.max() <= 1
     assert torch.equal(recon, tiny_model.reconstruct(images, steps=2, seed=0))
     assert tiny_model.compose(images, steps=2).shape == (1, 3, 16, 16)
+
+
+def test_each_use_builds_only_the_parts_it_needs(tiny_config, images):
+    model = VLV(tiny_config)
+    assert model.built_parts() == []
+    model.embed(images)
+    assert sorted(model.built_parts()) == ["encoder"]
+    model.caption(images)
+    assert sorted(model.built_parts()) == ["caption_decoder", "conditioner", "encoder"]  # no UNet, no VAE
+    other = VLV(tiny_config)
+    other.reconstruct(images, steps=2)
+    assert sorted(other.built_parts()) == ["conditioner", "decoder", "encoder"]  # no LLM, no ψ
+
+
+def test_parts_are_seeded_by_name_not_by_build_order(tiny_config, images):
+    a, b = VLV(tiny_config), VLV(tiny_config)
+    a.caption(images)  # builds the encoder first
+    b.part("caption_decoder")  # builds the caption decoder first
+    for name, p in a.caption_decoder.state_dict().items():
+        assert torch.equal(p, b.caption_decoder.state_dict()[name]), name
+    assert torch.equal(a.embed(images), b.embed(images))
+
+
+def test_parts_materialised_for_each_stage_on_the_meta_device():
+    """The paper preset on the meta device (nothing allocated, nothing downloaded)."""
+    with torch.device("meta"):
+        model = VLV(preset("paper"), pretrained=False)
+        captioner = model.captioner()
+    assert sorted(model.built_parts()) == ["caption_decoder", "conditioner", "encoder"]
+    names = [n for n, _ in captioner.named_parameters()]
+    assert not any(n.startswith("decoder.") or ".unet." in n or ".vae." in n for n in names)
+    assert sum(p.numel() for p in captioner.parameters()) > 4e9  # Florence-2-large + CLIP + ψ + Qwen2.5-3B
+    with torch.device("meta"):
+        model = VLV(preset("paper"), pretrained=False)
+        autoencoder = model.autoencoder()
+    assert sorted(model.built_parts()) == ["conditioner", "decoder", "encoder"]
+    names = [n for n, _ in autoencoder.named_parameters()]
+    assert any(".unet." in n for n in names) and any(".vae." in n for n in names)
+    assert not any(".llm." in n or ".projector." in n for n in names)
 
 
 def test_images_as_pil_paths_or_tensor_agree(tiny_model, tmp_path):
@@ -85,26 +128,38 @@ def test_bad_image_inputs_have_clear_errors(tiny_model, tmp_path):
         tiny_model.embed(torch.rand(2, 1, 8, 8))
 
 
-def test_save_load_round_trip_is_bitwise(tiny_model, images, tmp_path):
-    tiny_model.save_pretrained(tmp_path / "ckpt")
+def _used(config, images) -> VLV:
+    """A model whose every part is built."""
+    model = VLV(config)
+    model.caption(images)
+    model.reconstruct(images, steps=2)
+    return model
+
+
+def test_save_load_round_trip_is_bitwise(tiny_config, images, tmp_path):
+    model = _used(tiny_config, images)
+    model.save_pretrained(tmp_path / "ckpt")
     again = vlv.load(tmp_path / "ckpt")
-    ref = tiny_model.state_dict()
-    loaded = again.state_dict()
-    assert loaded.keys() == ref.keys()
-    for k, v in loaded.items():
-        assert torch.equal(v, ref[k]), k
-    assert torch.equal(again.embed(images), tiny_model.embed(images))
-    assert again.caption(images) == tiny_model.caption(images)
+    assert torch.equal(again.embed(images), model.embed(images))
+    assert again.caption(images) == model.caption(images)
+    assert torch.equal(again.reconstruct(images, steps=2), model.reconstruct(images, steps=2))
+    for name in model.built_parts():
+        ref = model.part(name).state_dict()
+        loaded = again.part(name).state_dict()
+        assert loaded.keys() == ref.keys()
+        for k, v in loaded.items():
+            assert torch.equal(v, ref[k]), (name, k)
     assert again.config == vlv.VLVConfig.from_dict(json.loads((tmp_path / "ckpt/config.json").read_text()))
 
 
-def test_a_reloaded_model_saves_a_self_contained_copy(tiny_model, images, tmp_path):
-    import shutil
-
-    tiny_model.save_pretrained(tmp_path / "a")
-    vlv.load(tmp_path / "a").save_pretrained(tmp_path / "b")
+def test_a_reloaded_model_saves_a_self_contained_copy(tiny_config, images, tmp_path):
+    model = _used(tiny_config, images)
+    model.save_pretrained(tmp_path / "a")
+    vlv.load(tmp_path / "a").save_pretrained(tmp_path / "b")  # nothing built: stored weights are copied over
     shutil.rmtree(tmp_path / "a")
-    assert torch.equal(vlv.load(tmp_path / "b").reconstruct(images, steps=2), tiny_model.reconstruct(images, steps=2))
+    again = vlv.load(tmp_path / "b")
+    assert torch.equal(again.reconstruct(images, steps=2), model.reconstruct(images, steps=2))
+    assert again.caption(images) == model.caption(images)
 
 
 def _tamper(path, edit):
@@ -119,13 +174,13 @@ def _tamper(path, edit):
         (lambda s: s.pop("encoder.queries"), "missing keys: encoder.queries"),
         (lambda s: s.__setitem__("encoder.extra_weight", torch.zeros(3)), "unexpected keys: encoder.extra_weight"),
         (
-            lambda s: s.__setitem__("captioner.projector.0.bias", torch.zeros(5)),
-            "mis-shaped keys: captioner.projector.0.bias",
+            lambda s: s.__setitem__("caption_decoder.projector.0.bias", torch.zeros(5)),
+            "mis-shaped keys: caption_decoder.projector.0.bias",
         ),
     ],
 )
-def test_tampered_checkpoint_names_the_key(tiny_model, tmp_path, edit, message):
-    tiny_model.save_pretrained(tmp_path / "ckpt")
+def test_tampered_checkpoint_names_the_key_at_load(tiny_config, images, tmp_path, edit, message):
+    _used(tiny_config, images).save_pretrained(tmp_path / "ckpt")
     _tamper(str(tmp_path / "ckpt/model.safetensors"), edit)
     with pytest.raises(CheckpointMismatchError, match=message):
         vlv.load(tmp_path / "ckpt")
@@ -140,11 +195,54 @@ def test_loading_a_non_checkpoint_is_a_clear_error(tmp_path):
         vlv.load("tinyy")
 
 
-def test_trained_weights_exclude_the_frozen_sources(tiny_model, tmp_path):
-    tiny_model.save_pretrained(tmp_path / "ckpt")
-    keys = load_file(str(tmp_path / "ckpt/model.safetensors")).keys()
-    assert not any(k.startswith("encoder.florence.vision_tower") for k in keys)
-    assert not any(k.startswith("diffusion.") for k in keys)
-    assert any(k.startswith("captioner.llm.") for k in keys) and "encoder.queries" in keys
-    config = json.loads((tmp_path / "ckpt/config.json").read_text())
-    assert config["diffusion"]["source"] == "teacher" and config["encoder"]["source"] == "florence"
+@pytest.fixture
+def sourced_config(tiny_config, tmp_path):
+    """The tiny preset with its Florence-2 and LLM taken from folders, as pretrained parts are."""
+    from transformers import Florence2Config, Florence2ForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
+
+    from vlv.tokenizer import build_word_tokenizer
+
+    torch.manual_seed(5)
+    Florence2ForConditionalGeneration(Florence2Config(**tiny_config.encoder.arch)).save_pretrained(tmp_path / "fl")
+    Qwen2ForCausalLM(Qwen2Config(**tiny_config.captioner.arch)).save_pretrained(tmp_path / "llm")
+    build_word_tokenizer(tiny_config.captioner.vocabulary, wrap_bos_eos=False).save_pretrained(tmp_path / "llm")
+    return dataclasses.replace(
+        tiny_config,
+        encoder=dataclasses.replace(tiny_config.encoder, source=str(tmp_path / "fl")),
+        captioner=dataclasses.replace(tiny_config.captioner, source=str(tmp_path / "llm")),
+    )
+
+
+def test_saved_weights_follow_what_trained(sourced_config, images, tmp_path):
+    model = VLV(sourced_config)
+    model.set_trainable(STAGE1_PARTS)
+    model.caption(images)
+    model.save_pretrained(tmp_path / "stage1")
+    keys = load_file(str(tmp_path / "stage1/model.safetensors")).keys()
+    config = json.loads((tmp_path / "stage1/config.json").read_text())
+    # BART, queries and φ trained; ψ has no source; the frozen vision side and the untrained LLM are referenced.
+    assert config["weights"] == ["caption_decoder.projector", *sorted(STAGE1_PARTS)]
+    assert any(k.startswith("encoder.florence.language_model.") for k in keys) and "encoder.queries" in keys
+    assert not any(k.startswith(("encoder.florence.vision_tower", "caption_decoder.llm.", "decoder.")) for k in keys)
+    model.set_trainable(["caption_decoder.llm"])  # a later phase: the LLM trains, BART is frozen again …
+    model.save_pretrained(tmp_path / "stage2")
+    keys = load_file(str(tmp_path / "stage2/model.safetensors")).keys()
+    assert any(k.startswith("caption_decoder.llm.") for k in keys)
+    assert any(k.startswith("encoder.florence.language_model.") for k in keys)  # … and is still saved
+    with torch.no_grad():
+        model.caption_decoder.llm.model.norm.weight.add_(1.0)  # a trained LLM differs from its source
+    model.save_pretrained(tmp_path / "stage2")
+    again = vlv.load(tmp_path / "stage2")
+    assert torch.equal(again.caption_decoder.llm.model.norm.weight, model.caption_decoder.llm.model.norm.weight)
+    assert again.caption(images) == model.caption(images)
+
+
+def test_set_trainable_freezes_everything_else(tiny_config):
+    model = VLV(tiny_config)
+    model.set_trainable(["encoder.queries", "caption_decoder.projector"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"parts.encoder.queries"} | {
+        f"parts.caption_decoder.projector.{k}" for k in ("0.weight", "0.bias", "2.weight", "2.bias")
+    }
+    with pytest.raises(ValueError, match="encoder.eyes"):
+        model.set_trainable(["encoder.eyes"])

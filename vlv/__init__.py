@@ -8,8 +8,9 @@ distilling a frozen text-to-image diffusion model, then caption, reconstruct and
     m.reconstruct(images, steps=50, guidance=2.0, seed=0)
 """
 
-from vlv.config import VLVConfig, preset
+from vlv.config import GenerateOptions, SampleOptions, VLVConfig
 from vlv.model import VLV, compose_embeddings, load
+from vlv.presets import preset
 
-__all__ = ["VLV", "VLVConfig", "compose_embeddings", "load", "preset"]
+__all__ = ["VLV", "VLVConfig", "GenerateOptions", "SampleOptions", "compose_embeddings", "load", "preset"]
 __version__ = "0.1.0"

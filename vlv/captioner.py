@@ -12,23 +12,21 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from vlv.config import CaptionerConfig
+from vlv.config import CaptionerConfig, GenerateOptions
 from vlv.loading import load_hf_strict
 from vlv.tokenizer import build_word_tokenizer
 
+# The caption decoder's parts that can train, each with the state-dict prefixes it owns.
+SUBPARTS = {"projector": ("projector.",), "llm": ("llm.",)}
+
 
 class CaptionDecoder(nn.Module):
-    def __init__(self, cfg: CaptionerConfig, clip_dim: int, *, pretrained: bool = True, tokenizer=None):
+    """ψ and the causal LLM with its tokenizer. Built frozen: a training phase says what trains."""
+
+    def __init__(self, cfg: CaptionerConfig, clip_dim: int, llm: nn.Module, tokenizer):
         super().__init__()
         self.cfg = cfg
-        if pretrained and cfg.source is not None:
-            self.llm = load_hf_strict(AutoModelForCausalLM, cfg.source, revision=cfg.revision)
-        else:
-            self.llm = Qwen2ForCausalLM(Qwen2Config(**cfg.arch))
-        if tokenizer is None and cfg.source is None:
-            tokenizer = build_word_tokenizer(cfg.vocabulary, wrap_bos_eos=False)
-        elif tokenizer is None and pretrained:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.source, revision=cfg.revision)
+        self.llm = llm
         self.tokenizer = tokenizer  # None only in an architecture-only build of a pretrained source
         if tokenizer is not None and tokenizer.eos_token_id is None:
             raise ValueError("the caption tokenizer has no EOS token; captions could not stop")
@@ -36,15 +34,16 @@ class CaptionDecoder(nn.Module):
         self.projector = nn.Sequential(
             nn.Linear(clip_dim, cfg.projector_hidden), nn.GELU(), nn.Linear(cfg.projector_hidden, d_llm)
         )
-        self.set_trainable(llm=cfg.train_llm)
+        self.set_trainable(())
 
-    def set_trainable(self, *, llm: bool, projector: bool = True) -> None:
-        """Progressive unfreezing: phase 1 trains ψ only, phase 2 also the LLM."""
-        self.projector.requires_grad_(projector)
-        self.llm.requires_grad_(llm)
-
-    def trained_state_dict(self) -> dict[str, torch.Tensor]:
-        return self.state_dict()
+    def set_trainable(self, parts: tuple[str, ...] | list[str]) -> None:
+        """Choose which of `projector` (ψ) and `llm` get gradients; the others are frozen. Progressive unfreezing:
+        phase 1 trains ψ only, phase 2 also the LLM."""
+        unknown = set(parts) - set(SUBPARTS)
+        if unknown:
+            raise ValueError(f"unknown caption decoder parts {sorted(unknown)}; choose from {tuple(SUBPARTS)}")
+        self.projector.requires_grad_("projector" in parts)
+        self.llm.requires_grad_("llm" in parts)
 
     @property
     def pad_id(self) -> int:
@@ -83,25 +82,16 @@ class CaptionDecoder(nn.Module):
         return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
     @torch.no_grad()
-    def generate(
-        self,
-        c: torch.Tensor,
-        *,
-        max_new_tokens: int | None = None,
-        num_beams: int | None = None,
-        repetition_penalty: float | None = None,
-        no_repeat_ngram_size: int | None = None,
-    ) -> list[str]:
+    def generate(self, c: torch.Tensor, options: GenerateOptions) -> list[str]:
         """Captions for c: (B, 77, d_clip), decoded from the prefix alone; each stops at its first EOS."""
-        cfg = self.cfg
         prefix = self.prefix(c)
         out = self.llm.generate(
             inputs_embeds=prefix,
             attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device),
-            max_new_tokens=max_new_tokens or cfg.max_caption_tokens,
-            num_beams=num_beams or cfg.num_beams,
-            repetition_penalty=repetition_penalty or cfg.repetition_penalty,
-            no_repeat_ngram_size=cfg.no_repeat_ngram_size if no_repeat_ngram_size is None else no_repeat_ngram_size,
+            max_new_tokens=options.max_new_tokens,
+            num_beams=options.num_beams,
+            repetition_penalty=options.repetition_penalty,
+            no_repeat_ngram_size=options.no_repeat_ngram_size,
             do_sample=False,
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.pad_id,
@@ -113,3 +103,20 @@ class CaptionDecoder(nn.Module):
         if eos in ids:
             ids = ids[: ids.index(eos)]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def build_caption_decoder(cfg: CaptionerConfig, clip_dim: int, *, pretrained: bool, tokenizer=None) -> CaptionDecoder:
+    """The LLM from `cfg.source` when `pretrained` (strict), else random init from `cfg.arch`; ψ is always new.
+
+    tokenizer: one saved with a checkpoint; by default the source's tokenizer, or a word-level one over
+    `cfg.vocabulary` when there is no source.
+    """
+    if pretrained and cfg.source is not None:
+        llm = load_hf_strict(AutoModelForCausalLM, cfg.source, revision=cfg.revision)
+    else:
+        llm = Qwen2ForCausalLM(Qwen2Config(**cfg.arch))
+    if tokenizer is None and cfg.source is None:
+        tokenizer = build_word_tokenizer(cfg.vocabulary, wrap_bos_eos=False)
+    elif tokenizer is None and pretrained:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.source, revision=cfg.revision)
+    return CaptionDecoder(cfg, clip_dim, llm, tokenizer)

@@ -1,8 +1,9 @@
-"""The frozen diffusion decoder (teacher): CLIP text encoder, UNet, optional VAE and noise scheduler.
+"""The frozen diffusion decoder of the teacher: UNet, optional VAE and noise scheduler.
 
-It follows the layout of a diffusers Stable Diffusion pipeline directory (text_encoder/, tokenizer/, unet/, vae/,
-scheduler/), so SD 2.1-base and the shapes teacher load the same way. Provides the stage-1 denoising loss (whose
-target follows the scheduler's `prediction_type`) and classifier-free-guided sampling, unrolled in one function.
+It follows the layout of a diffusers Stable Diffusion pipeline directory (unet/, vae/, scheduler/; the text encoder
+and tokenizer are `vlv.conditioning.TextConditioner`), so SD 2.1-base and the shapes teacher load the same way.
+Provides the stage-1 denoising loss (whose target follows the scheduler's `prediction_type`) and
+classifier-free-guided sampling, unrolled in one function.
 """
 
 from __future__ import annotations
@@ -11,39 +12,21 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from torch import nn
-from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
-from vlv.conditioning import encode_embeddings, encode_token_ids
-from vlv.config import DiffusionConfig
-from vlv.loading import load_hf_strict
-from vlv.tokenizer import build_word_tokenizer
+from vlv.config import SampleOptions, TeacherConfig
 
 SAMPLERS = ("dpm++", "ddpm")
 
 
 class DiffusionDecoder(nn.Module):
-    """Everything here is frozen: gradients flow *through* it into the encoder, never into its weights."""
+    """Everything here is frozen: gradients flow *through* it into the conditioning, never into its weights."""
 
-    def __init__(self, cfg: DiffusionConfig, *, pretrained: bool = True):
+    def __init__(self, cfg: TeacherConfig, unet: UNet2DConditionModel, vae: AutoencoderKL | None, scheduler):
         super().__init__()
         self.cfg = cfg
-        src, rev = cfg.source, cfg.revision
-        if pretrained and src is not None:
-            self.text_encoder = load_hf_strict(CLIPTextModel, src, revision=rev, subfolder="text_encoder")
-            self.tokenizer = AutoTokenizer.from_pretrained(src, revision=rev, subfolder="tokenizer")
-            self.unet = UNet2DConditionModel.from_pretrained(src, revision=rev, subfolder="unet", use_safetensors=True)
-            self.vae = None
-            if cfg.vae_arch is not None:
-                self.vae = AutoencoderKL.from_pretrained(src, revision=rev, subfolder="vae", use_safetensors=True)
-            self.scheduler = DDPMScheduler.from_pretrained(src, revision=rev, subfolder="scheduler")
-        else:
-            self.text_encoder = CLIPTextModel(CLIPTextConfig(**cfg.text_encoder_arch))
-            # Random init: a word-level tokenizer over `vocabulary`. An architecture-only build of a pretrained
-            # teacher with no vocabulary (SD) has no tokenizer; it is never used to encode.
-            self.tokenizer = build_word_tokenizer(cfg.vocabulary, wrap_bos_eos=True) if cfg.vocabulary else None
-            self.unet = UNet2DConditionModel(**cfg.unet_arch)
-            self.vae = AutoencoderKL(**cfg.vae_arch) if cfg.vae_arch is not None else None
-            self.scheduler = DDPMScheduler(**cfg.scheduler)
+        self.unet = unet
+        self.vae = vae
+        self.scheduler = scheduler
         self.requires_grad_(False)
         self.eval()
 
@@ -51,25 +34,11 @@ class DiffusionDecoder(nn.Module):
         return super().train(False)  # frozen teacher: always in eval mode
 
     def save_pretrained(self, directory: str) -> None:
-        """Write the diffusers pipeline layout that `DiffusionConfig.source` can point at."""
-        self.text_encoder.save_pretrained(f"{directory}/text_encoder")
-        self.tokenizer.save_pretrained(f"{directory}/tokenizer")
+        """Write `unet/`, `vae/` and `scheduler/` of a diffusers pipeline folder."""
         self.unet.save_pretrained(f"{directory}/unet")
         if self.vae is not None:
             self.vae.save_pretrained(f"{directory}/vae")
         self.scheduler.save_pretrained(f"{directory}/scheduler")
-
-    # ----- conditioning ------------------------------------------------------------------------------------
-
-    def condition(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (B, 77, D) caption embeddings → c: (B, 77, D) UNet conditioning."""
-        return encode_embeddings(self.text_encoder, z)
-
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Text prompts → c: (B, 77, D), padded to the text encoder's length as the teacher was trained."""
-        length = self.text_encoder.config.max_position_embeddings
-        ids = self.tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-        return encode_token_ids(self.text_encoder, ids.input_ids.to(self.device))
 
     @property
     def device(self) -> torch.device:
@@ -94,17 +63,18 @@ class DiffusionDecoder(nn.Module):
     # ----- training ----------------------------------------------------------------------------------------
 
     def denoising_loss(
-        self, latents: torch.Tensor, c: torch.Tensor, generator: torch.Generator | None = None, *, t_min: int = 0
+        self, latents: torch.Tensor, c: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Plain diffusion loss of the frozen UNet conditioned on c; gradients reach c (and through it z).
 
-        latents: (B, C, h, w); c: (B, 77, D). t ~ U{t_min..T-1} (the paper: t_min = 0) and fresh noise per sample.
+        latents: (B, C, h, w); c: (B, 77, D). t ~ U{0..T-1} and fresh noise per sample, drawn from `generator`
+        (the global torch RNG when None, which the training loop saves and restores).
         The regression target is ε or v, whichever the teacher's scheduler was trained to predict.
         """
         B = latents.shape[0]
         T = self.scheduler.config.num_train_timesteps
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        t = torch.randint(t_min, T, (B,), generator=generator, device=latents.device)
+        t = torch.randint(0, T, (B,), generator=generator, device=latents.device)
         noisy = self.scheduler.add_noise(latents, noise, t)
         prediction_type = self.scheduler.config.prediction_type
         if prediction_type == "epsilon":
@@ -118,39 +88,34 @@ class DiffusionDecoder(nn.Module):
 
     # ----- sampling ----------------------------------------------------------------------------------------
 
-    def make_sampler(self, name: str):
+    def make_sampler(self, options: SampleOptions):
         """A sampling scheduler built from the teacher's own scheduler config (keeps its `prediction_type`)."""
         # Every value explicit (diffusers drops keys it marks as defaults when converting between classes, which
         # made a freshly built and a reloaded teacher sample differently); the spacing is our sampling choice.
         config = {k: v for k, v in self.scheduler.config.items() if not k.startswith("_")}
-        config["timestep_spacing"] = self.cfg.timestep_spacing
-        if name == "dpm++":
+        config["timestep_spacing"] = options.timestep_spacing
+        if options.sampler == "dpm++":
             return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
-        if name == "ddpm":
+        if options.sampler == "ddpm":
             return DDPMScheduler.from_config(config)
-        raise ValueError(f"unknown sampler '{name}'; choose one of {SAMPLERS}")
+        raise ValueError(f"unknown sampler '{options.sampler}'; choose one of {SAMPLERS}")
 
     @torch.no_grad()
     def sample(
         self,
         c: torch.Tensor,
-        *,
-        steps: int | None = None,
-        guidance: float | None = None,
-        sampler: str | None = None,
+        uncond: torch.Tensor,
+        options: SampleOptions,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Classifier-free-guided sampling. c: (B, 77, D) → images (B, 3, S, S) in [0, 1].
 
-        The unconditional branch is the text encoder's encoding of the empty prompt.
+        uncond: (1, 77, D), the conditioning of the unconditional branch (the teacher's empty prompt).
         """
-        steps = steps or self.cfg.sample_steps
-        guidance = self.cfg.guidance if guidance is None else guidance
-        scheduler = self.make_sampler(sampler or self.cfg.sampler)
-        scheduler.set_timesteps(steps, device=self.device)
-        B = c.shape[0]
-        uncond = self.encode_prompts([""]).expand(B, -1, -1)
-        cond = torch.cat([uncond, c]).to(self.unet.dtype)  # (2B, 77, D)
+        scheduler = self.make_sampler(options)
+        scheduler.set_timesteps(options.steps, device=self.device)
+        B, guidance = c.shape[0], options.guidance
+        cond = torch.cat([uncond.expand(B, -1, -1), c]).to(self.unet.dtype)  # (2B, 77, D)
         channels = self.unet.config.in_channels
         size = self.cfg.image_size // self.vae_scale
         x = torch.randn((B, channels, size, size), generator=generator, device=self.device, dtype=self.unet.dtype)
@@ -168,3 +133,16 @@ class DiffusionDecoder(nn.Module):
         if self.vae is None:
             return 1
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def build_diffusion_decoder(cfg: TeacherConfig, *, pretrained: bool) -> DiffusionDecoder:
+    """From the teacher's pipeline folder (`unet/`, `vae/`, `scheduler/`) when `pretrained`, else random init."""
+    if pretrained and cfg.source is not None:
+        src, rev = cfg.source, cfg.revision
+        unet = UNet2DConditionModel.from_pretrained(src, revision=rev, subfolder="unet", use_safetensors=True)
+        vae = None
+        if cfg.vae_arch is not None:
+            vae = AutoencoderKL.from_pretrained(src, revision=rev, subfolder="vae", use_safetensors=True)
+        return DiffusionDecoder(cfg, unet, vae, DDPMScheduler.from_pretrained(src, revision=rev, subfolder="scheduler"))
+    vae = AutoencoderKL(**cfg.vae_arch) if cfg.vae_arch is not None else None
+    return DiffusionDecoder(cfg, UNet2DConditionModel(**cfg.unet_arch), vae, DDPMScheduler(**cfg.scheduler))

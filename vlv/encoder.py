@@ -16,7 +16,14 @@ from transformers import AutoTokenizer, Florence2Config, Florence2Model
 from vlv.config import EncoderConfig
 from vlv.loading import load_hf_strict
 
-ENCODER_PARTS = ("vision", "language_model", "queries", "projection")
+# The encoder's parts that can train, each with the state-dict prefixes it owns. The paper's stage 1 trains BART
+# (`language_model`), the queries and φ, and keeps the pretrained DaViT tower with its image projection frozen.
+SUBPARTS = {
+    "vision": ("florence.vision_tower.", "florence.multi_modal_projector."),
+    "language_model": ("florence.language_model.",),
+    "queries": ("queries",),
+    "projection": ("projection.",),
+}
 
 
 def build_florence(cfg: EncoderConfig, *, pretrained: bool) -> Florence2Model:
@@ -48,14 +55,14 @@ class VLVEncoder(nn.Module):
         self.register_buffer("prompt_ids", torch.tensor(prompt_ids, dtype=torch.long), persistent=False)
         self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
-        self.set_trainable(cfg.trainable)
+        self.set_trainable(())  # built frozen: a training recipe says what trains
 
     def set_trainable(self, parts: tuple[str, ...] | list[str]) -> None:
         """Choose which of `vision` (DaViT + image projection), `language_model` (BART), `queries`, `projection`
-        get gradients. The paper keeps the pretrained vision side frozen."""
-        unknown = set(parts) - set(ENCODER_PARTS)
+        get gradients; the others are frozen. The paper keeps the pretrained vision side frozen."""
+        unknown = set(parts) - set(SUBPARTS)
         if unknown:
-            raise ValueError(f"unknown encoder parts {sorted(unknown)}; choose from {ENCODER_PARTS}")
+            raise ValueError(f"unknown encoder parts {sorted(unknown)}; choose from {tuple(SUBPARTS)}")
         self.vision_trainable = "vision" in parts
         self.florence.vision_tower.requires_grad_(self.vision_trainable)
         self.florence.multi_modal_projector.requires_grad_(self.vision_trainable)
@@ -70,15 +77,6 @@ class VLVEncoder(nn.Module):
             self.florence.vision_tower.eval()
             self.florence.multi_modal_projector.eval()
         return self
-
-    def trained_state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights that training can change (per `cfg.trainable`); a frozen vision side is referenced by source."""
-        skip = () if "vision" in self.cfg.trainable else _VISION_PREFIXES
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
-
-    def save_pretrained(self, directory: str) -> None:
-        """Write the Florence-2 weights (the folder `EncoderConfig.source` can point at)."""
-        self.florence.save_pretrained(directory)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, 3, H, W) in [0, 1] → z: (B, num_queries, z_dim)."""
@@ -95,6 +93,3 @@ class VLVEncoder(nn.Module):
             inputs_embeds=queries, encoder_hidden_states=memory, use_cache=False
         ).last_hidden_state  # (B, Nq, D)
         return self.projection(hidden)  # (B, Nq, z_dim)
-
-
-_VISION_PREFIXES = ("florence.vision_tower.", "florence.multi_modal_projector.")

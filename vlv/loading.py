@@ -1,14 +1,12 @@
 """Strict weight loading: every missing, unexpected or mis-shaped key is an error that names the keys.
 
 Pretrained third-party parts load through their own `from_pretrained` (safetensors only, no remote code); our
-trained weights load from one `model.safetensors` into a module's state dict.
+trained weights load from one `model.safetensors` (see `vlv.checkpoint`), checked key by key with `check_state_dict`.
 """
 
 from __future__ import annotations
 
 import torch
-from safetensors.torch import load_file
-from torch import nn
 
 
 class CheckpointMismatchError(ValueError):
@@ -39,21 +37,6 @@ def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.T
         problems.append(f"mis-shaped keys: {_describe(mis_shaped)}")
     if problems:
         raise CheckpointMismatchError(f"{where} does not match the model: " + "; ".join(problems))
-
-
-def load_safetensors_strict(modules: dict[str, nn.Module], path: str) -> None:
-    """Load `path` into `modules` (prefix → module, each given its trained_state_dict keys) strictly."""
-    found = load_file(path)
-    expected = {}
-    for prefix, module in modules.items():
-        expected.update({f"{prefix}.{k}": v for k, v in module.trained_state_dict().items()})
-    check_state_dict(expected, found, path)
-    for prefix, module in modules.items():
-        part = {k[len(prefix) + 1 :]: v for k, v in found.items() if k.startswith(prefix + ".")}
-        # strict=False only because the frozen parts are absent on purpose; the key check above is the strict one.
-        result = module.load_state_dict(part, strict=False)
-        if result.unexpected_keys:
-            raise CheckpointMismatchError(f"{path}: unexpected keys {_describe(result.unexpected_keys)}")
 
 
 def load_hf_strict(cls, source: str, *, revision: str | None = None, subfolder: str = ""):

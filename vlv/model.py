@@ -1,125 +1,184 @@
-"""The composed VLV auto-encoder and captioner, with its public inference API and save / load.
+"""The VLV model: its parts built on demand, the trainable compositions it lends, and the public inference API.
 
-    image ──► VLVEncoder ──► z (77 × d) ──► frozen CLIP text encoder ──► c ──► frozen UNet  (reconstruct)
-                                                                          └──► ψ ──► LLM     (caption)
+    image ──► encoder ──► z (77 × d) ──► conditioner (frozen CLIP) ──► c ──► decoder (frozen UNet, VAE)  reconstruct
+                                                                        └──► caption_decoder (ψ, LLM)     caption
 
-A checkpoint directory holds `config.json` (a `VLVConfig`), `model.safetensors` with the weights training can
-change (BART encoder/decoder, queries, φ, ψ, LLM) and the LLM tokenizer under `tokenizer/`. Frozen parts (the
-Florence-2 vision side, the diffusion teacher) are referenced by hub id or path; a randomly initialised frozen
-part is written next to the checkpoint (`florence/`, `teacher/`) and referenced by that relative path.
+A `VLV` holds a config and builds each part the first time something needs it: captioning never builds the UNet or
+VAE, stage 1 and reconstruction never build the LLM or ψ. Each part is initialised from its own named random stream
+(`derive_seed(config.seed, part)`), so the order in which parts are built changes nothing.
+
+Which weights train is decided in one place, `set_trainable`, by part names (`TRAINABLE`); every other parameter is
+frozen. What `save_pretrained` writes into model.safetensors follows from it: every part that trained, and every
+part that has no source to be rebuilt from (the queries, φ, ψ, random-init components). An LLM that did not train
+is referenced by its source, not copied.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoTokenizer
 
-from vlv.captioner import CaptionDecoder
-from vlv.config import VLVConfig, preset
-from vlv.diffusion import DiffusionDecoder
-from vlv.encoder import VLVEncoder, build_florence, resolve_prompt_ids
+from vlv import captioner, checkpoint, encoder
+from vlv.captioner import CaptionDecoder, build_caption_decoder
+from vlv.compositions import Autoencoder, Captioner, compose_embeddings
+from vlv.conditioning import TextConditioner, build_text_conditioner
+from vlv.config import VLVConfig, derive_seed
+from vlv.diffusion import DiffusionDecoder, build_diffusion_decoder
 from vlv.images import ImageInput, to_batch
-from vlv.loading import load_safetensors_strict, untie
+from vlv.loading import CheckpointMismatchError, check_state_dict
+from vlv.presets import preset
 
-CONFIG_NAME = "config.json"
-# Frozen components that can be bundled inside a checkpoint: config section → folder name.
-BUNDLED = {"encoder": "florence", "diffusion": "teacher"}
-WEIGHTS_NAME = "model.safetensors"
+# The parts a model is made of, in the order a save lists them.
+PARTS = ("encoder", "conditioner", "decoder", "caption_decoder")
+# Trainable parts: "<part>.<sub-part>" → the part's state-dict prefixes that sub-part owns.
+TRAINABLE = {
+    **{f"encoder.{name}": prefixes for name, prefixes in encoder.SUBPARTS.items()},
+    **{f"caption_decoder.{name}": prefixes for name, prefixes in captioner.SUBPARTS.items()},
+}
+# Which config section gives each sourced sub-part its pretrained weights; the others (queries, φ, ψ) are VLV's own.
+SOURCED = {"encoder.vision": "encoder", "encoder.language_model": "encoder", "caption_decoder.llm": "captioner"}
 
-
-def compose_embeddings(zs: torch.Tensor, splits: list[int] | None = None) -> torch.Tensor:
-    """Splice the leading tokens of several caption embeddings into one.
-
-    zs: (K, L, D), one z per image, or (P, K, L, D) for P compositions at once. splits: tokens taken from each
-    (sums to L); default an equal split, the remainder going to the first images. Returns (1, L, D) (or (P, L, D)):
-    z_1[:n_1] ; z_2[:n_2] ; … ; z_K[:n_K].
-    """
-    batched = zs if zs.dim() == 4 else zs.unsqueeze(0)
-    K, L = batched.shape[1:3]
-    if splits is None:
-        splits = [L // K + (1 if i < L % K else 0) for i in range(K)]
-    if len(splits) != K or sum(splits) != L or min(splits) < 1:
-        raise ValueError(f"splits {splits} must give each of {K} images ≥ 1 token and sum to {L}")
-    return torch.cat([batched[:, i, :n] for i, n in enumerate(splits)], dim=1)
+__all__ = ["PARTS", "TRAINABLE", "VLV", "compose_embeddings", "load"]
 
 
 class VLV(nn.Module):
     """A VLV model. Build one with `vlv.load(preset_name_or_directory)`."""
 
-    def __init__(self, config: VLVConfig, *, pretrained: bool = True, _llm_from_source: bool = True, _tokenizer=None):
-        """pretrained: load the `source` weights of each component (False: architecture only, random init)."""
+    def __init__(self, config: VLVConfig, *, pretrained: bool = True, _directory: Path | None = None):
+        """pretrained: load each part's `source` weights (False: architecture only, random init)."""
         super().__init__()
-        enc_cfg = config.encoder
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            florence = build_florence(enc_cfg, pretrained=pretrained)
-            # An architecture-only build (e.g. on the meta device) needs no task prompt.
-            prompt_ids = resolve_prompt_ids(enc_cfg) if pretrained or enc_cfg.prompt_token_ids else ()
-            self.encoder = VLVEncoder(enc_cfg, florence, prompt_ids)
-            self.diffusion = DiffusionDecoder(config.diffusion, pretrained=pretrained)
-            clip_dim = self.diffusion.text_encoder.config.hidden_size
-            if enc_cfg.z_dim != clip_dim:
-                raise ValueError(f"encoder z_dim {enc_cfg.z_dim} must equal the text encoder width {clip_dim}")
-            self.captioner = CaptionDecoder(
-                config.captioner, clip_dim, pretrained=pretrained and _llm_from_source, tokenizer=_tokenizer
-            )
-        llm_arch = {k: v for k, v in self.captioner.llm.config.to_diff_dict().items() if k != "transformers_version"}
-        self.config = dataclasses.replace(
-            config,
-            encoder=dataclasses.replace(enc_cfg, prompt_token_ids=tuple(prompt_ids) or enc_cfg.prompt_token_ids),
-            captioner=dataclasses.replace(config.captioner, arch=llm_arch),
-        )
+        self.config = config
+        self.pretrained = pretrained
+        self.parts = nn.ModuleDict()
+        self._directory = _directory  # the checkpoint this model was loaded from: relative sources, stored weights
+        self._trained: set[str] = set(config.weights)  # sub-parts whose weights are ours to save
+        # An empty buffer that follows `.to()`, so that parts built later land on the model's device and dtype.
+        self.register_buffer("_anchor", torch.empty(0), persistent=False)
 
     @property
     def device(self) -> torch.device:
-        return self.encoder.queries.device
+        return self._anchor.device
 
-    # ----- training losses ---------------------------------------------------------------------------------------
+    # ----- parts, built on demand ----------------------------------------------------------------------------
 
-    def autoencoder_loss(
-        self,
-        images: torch.Tensor,
-        generator: torch.Generator | None = None,
-        *,
-        noises_per_image: int = 1,
-        t_min: int = 0,
-        compositions: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """Stage-1 loss: the frozen teacher's denoising loss conditioned on CLIP(z). images: (B, 3, H, W) in [0, 1].
+    @property
+    def encoder(self) -> encoder.VLVEncoder:
+        return self.part("encoder")
 
-        noises_per_image: K noisy copies (own noise and timestep) of each image share one encoder pass, so each
-        encoder step sees K samples of the teacher's signal. t_min: draw t from U{t_min..T-1}.
-        compositions: optional (sources (P, 2, 3, H, W), composites (P, 3, H, W)), still images only: the spliced
-        z of each source pair (`compose_embeddings`) must condition the denoising of the pair's composite image,
-        which teaches the encoder to keep each image's content in its leading tokens. Every noisy sample, plain
-        or composite, weighs the same in the mean.
+    @property
+    def conditioner(self) -> TextConditioner:
+        return self.part("conditioner")
+
+    @property
+    def decoder(self) -> DiffusionDecoder:
+        return self.part("decoder")
+
+    @property
+    def caption_decoder(self) -> CaptionDecoder:
+        return self.part("caption_decoder")
+
+    def built_parts(self) -> list[str]:
+        return list(self.parts.keys())
+
+    def part(self, name: str) -> nn.Module:
+        """The part called `name`, built (and its stored weights loaded) the first time it is asked for."""
+        if name not in self.parts:
+            if name not in PARTS:
+                raise ValueError(f"unknown part '{name}'; choose one of {PARTS}")
+            meta = self._anchor.device.type == "meta"
+            # Each part draws its random init from its own stream, whatever was built before it.
+            with torch.random.fork_rng(devices=[]), torch.device("meta") if meta else contextlib.nullcontext():
+                torch.manual_seed(derive_seed(self.config.seed, name))
+                module = self._build(name, pretrained=self.pretrained and not meta)
+            if not meta:
+                self._load_stored(name, module)
+                dtype = self._anchor.dtype if self._anchor.dtype != torch.float32 else None
+                module = module.to(device=self._anchor.device, dtype=dtype)
+            self.parts[name] = module
+        return self.parts[name]
+
+    def resolved_source(self, section: str) -> str | None:
+        """A config section's source; a relative path is relative to the checkpoint directory."""
+        source = getattr(self.config, section).source
+        if source is not None and self._directory is not None and not os.path.isabs(source):
+            if (self._directory / source).is_dir():
+                return str((self._directory / source).resolve())
+        return source
+
+    def _build(self, name: str, *, pretrained: bool) -> nn.Module:
+        cfg = self.config
+        # A sourced part whose weights are all stored is built from its architecture: no download to overwrite.
+        stored = set(cfg.weights) if self._directory is not None else set()
+        if name == "encoder":
+            enc = dataclasses.replace(cfg.encoder, source=self.resolved_source("encoder"))
+            from_source = pretrained and not {"encoder.vision", "encoder.language_model"} <= stored
+            florence = encoder.build_florence(enc, pretrained=from_source)
+            # An architecture-only build (e.g. on the meta device) needs no task prompt.
+            prompt_ids = encoder.resolve_prompt_ids(enc) if pretrained or enc.prompt_token_ids else ()
+            self.config = dataclasses.replace(
+                cfg, encoder=dataclasses.replace(cfg.encoder, prompt_token_ids=tuple(prompt_ids) or None)
+            )
+            return encoder.VLVEncoder(enc, florence, prompt_ids)
+        if name in ("conditioner", "decoder"):
+            teacher = dataclasses.replace(cfg.teacher, source=self.resolved_source("teacher"))
+            build = build_text_conditioner if name == "conditioner" else build_diffusion_decoder
+            return build(teacher, pretrained=pretrained)
+        tokenizer = None
+        if self._directory is not None and (self._directory / checkpoint.TOKENIZER_DIR).is_dir():
+            tokenizer = AutoTokenizer.from_pretrained(self._directory / checkpoint.TOKENIZER_DIR)
+        clip_dim = cfg.teacher.text_encoder_arch["hidden_size"]
+        if cfg.encoder.z_dim != clip_dim:
+            raise ValueError(f"encoder z_dim {cfg.encoder.z_dim} must equal the text encoder width {clip_dim}")
+        capt = dataclasses.replace(cfg.captioner, source=self.resolved_source("captioner"))
+        from_source = pretrained and "caption_decoder.llm" not in stored
+        module = build_caption_decoder(capt, clip_dim, pretrained=from_source, tokenizer=tokenizer)
+        if from_source and capt.source is not None:
+            # Record the loaded LLM's architecture, so that a checkpoint storing it rebuilds it without the source.
+            arch = {k: v for k, v in module.llm.config.to_diff_dict().items() if k != "transformers_version"}
+            self.config = dataclasses.replace(cfg, captioner=dataclasses.replace(cfg.captioner, arch=arch))
+        return module
+
+    def _load_stored(self, name: str, module: nn.Module) -> None:
+        """Load this part's tensors from the checkpoint's model.safetensors (strictly), if it stores any."""
+        subparts = [s for s in self.config.weights if s.split(".")[0] == name]
+        if self._directory is None or not subparts:
+            return
+        found = checkpoint.read_tensors(self._directory, name + ".")
+        expected = _subpart_state(module, subparts)
+        check_state_dict(expected, found, str(self._directory / checkpoint.WEIGHTS_NAME))
+        # strict=False only because the other sub-parts come from their source; the check above is the strict one.
+        module.load_state_dict(found, strict=False)
+
+    # ----- training ------------------------------------------------------------------------------------------
+
+    def set_trainable(self, parts: tuple[str, ...] | list[str]) -> None:
+        """Train exactly these sub-parts (names in `TRAINABLE`, e.g. `encoder.language_model`); freeze the rest.
+
+        A sub-part that trains once is saved by `save_pretrained` from then on, whatever trains later.
         """
-        size = self.config.diffusion.image_size
-        targets, inputs = images, images
-        if compositions is not None:
-            sources, composites = compositions
-            targets = torch.cat([images, composites])
-            inputs = torch.cat([images, sources.flatten(0, 1)])
-        latents = self.diffusion.encode_images(to_batch(targets, size), generator)
-        z = self.encoder(inputs)
-        B = images.shape[0]
-        if compositions is not None:
-            z = torch.cat([z[:B], compose_embeddings(z[B:].unflatten(0, (-1, 2)))])
-        c = self.diffusion.condition(z)  # (B [+ P], 77, D); gradients reach the encoder through c
-        K = noises_per_image
-        latents, c = latents.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (·K, ...)
-        return self.diffusion.denoising_loss(latents, c, generator, t_min=t_min)
+        unknown = set(parts) - set(TRAINABLE)
+        if unknown:
+            raise ValueError(f"unknown trainable parts {sorted(unknown)}; choose from {sorted(TRAINABLE)}")
+        for name in ("encoder", "caption_decoder"):
+            mine = [p.split(".", 1)[1] for p in parts if p.startswith(name + ".")]
+            if mine or name in self.parts:
+                self.part(name).set_trainable(mine)
+        self._trained |= set(parts)
 
-    def captioner_loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        """Stage-2 loss: next-token loss of the captions given the prefix ψ(CLIP(z)). images: (B, 3, H, W)."""
-        return self.captioner.loss(self.diffusion.condition(self.encoder(images)), captions)
+    def autoencoder(self, *, noises_per_image: int = 1) -> Autoencoder:
+        """The stage-1 composition over this model's parts (encoder, conditioner, decoder)."""
+        return Autoencoder(self.encoder, self.conditioner, self.decoder, noises_per_image=noises_per_image)
+
+    def captioner(self) -> Captioner:
+        """The stage-2 composition over this model's parts (encoder, conditioner, caption decoder)."""
+        return Captioner(self.encoder, self.conditioner, self.caption_decoder)
 
     # ----- inference API -------------------------------------------------------------------------------------
 
@@ -130,128 +189,158 @@ class VLV(nn.Module):
     @torch.no_grad()
     def embed(self, images: ImageInput | list) -> torch.Tensor:
         """Caption embeddings z: (B, 77, D). Usable as diffusers `prompt_embeds` after `condition`."""
-        self.eval()
-        return self.encoder(self.preprocess(images))
+        return self.encoder.eval()(self.preprocess(images))
 
     @torch.no_grad()
     def condition(self, z: torch.Tensor) -> torch.Tensor:
         """z: (B, 77, D) → c: (B, 77, D), the UNet's `encoder_hidden_states`."""
-        return self.diffusion.condition(z)
+        return self.conditioner(z)
 
     @torch.no_grad()
-    def caption(self, images: ImageInput | list, **generate_kwargs) -> list[str]:
-        """One caption per image; generation stops at EOS. kwargs: max_new_tokens, num_beams, repetition_penalty,
-        no_repeat_ngram_size (defaults from the config)."""
-        return self.captioner.generate(self.condition(self.embed(images)), **generate_kwargs)
-
-    @torch.no_grad()
-    def reconstruct(
-        self,
-        images: ImageInput | list,
-        *,
-        steps: int | None = None,
-        guidance: float | None = None,
-        seed: int | None = 0,
-        sampler: str | None = None,
-    ) -> torch.Tensor:
-        """Decode each image's z with the frozen diffusion model → (B, 3, S, S) in [0, 1]."""
+    def caption(self, images: ImageInput | list, **options) -> list[str]:
+        """One caption per image; generation stops at EOS. options: fields of `GenerateOptions` (max_new_tokens,
+        num_beams, repetition_penalty, no_repeat_ngram_size); None or absent = the model's default."""
         c = self.condition(self.embed(images))
-        return self._sample(c, steps=steps, guidance=guidance, seed=seed, sampler=sampler)
+        return self.caption_decoder.eval().generate(c, _options(self.config.generation, options))
+
+    @torch.no_grad()
+    def reconstruct(self, images: ImageInput | list, *, seed: int | None = 0, **options) -> torch.Tensor:
+        """Decode each image's z with the frozen diffusion model → (B, 3, S, S) in [0, 1].
+
+        options: fields of `SampleOptions` (steps, guidance, sampler, timestep_spacing)."""
+        return self.sample(self.condition(self.embed(images)), seed=seed, **options)
 
     @torch.no_grad()
     def compose(
-        self,
-        images: ImageInput | list,
-        *,
-        splits: list[int] | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
-        seed: int | None = 0,
-        sampler: str | None = None,
+        self, images: ImageInput | list, *, splits: list[int] | None = None, seed: int | None = 0, **options
     ) -> torch.Tensor:
         """One image from several: splice their z (see `compose_embeddings`) and decode → (1, 3, S, S)."""
         z = compose_embeddings(self.embed(images), splits)
-        return self._sample(self.condition(z), steps=steps, guidance=guidance, seed=seed, sampler=sampler)
+        return self.sample(self.condition(z), seed=seed, **options)
 
-    def _sample(self, c, *, steps, guidance, seed, sampler) -> torch.Tensor:
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(self.device).manual_seed(seed)
-        return self.diffusion.sample(c, steps=steps, guidance=guidance, sampler=sampler, generator=generator)
+    @torch.no_grad()
+    def sample(self, c: torch.Tensor, *, seed: int | None = 0, **options) -> torch.Tensor:
+        """Images from conditionings c: (B, 77, D), guided against the teacher's empty prompt → (B, 3, S, S)."""
+        generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
+        uncond = self.conditioner.encode_prompts([""])  # (1, 77, D)
+        return self.decoder.sample(c, uncond, _options(self.config.sampling, options), generator)
 
-    # ----- save / load -----------------------------------------------------------------------------------------
+    # ----- save / load ---------------------------------------------------------------------------------------
 
-    def trained_modules(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder, "captioner": self.captioner}
+    def stored_parts(self) -> list[str]:
+        """The sub-parts `save_pretrained` writes: those that trained, and those with no source to rebuild from."""
+        stored = set(self._trained)
+        for sub in TRAINABLE:
+            part = sub.split(".")[0]
+            if part in self.parts and (sub not in SOURCED or getattr(self.config, SOURCED[sub]).source is None):
+                stored.add(sub)
+        return sorted(stored)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write config.json + model.safetensors (+ tokenizer/, and any random-init frozen part) to `directory`."""
+    def save_pretrained(self, directory: str | os.PathLike, *, training: dict | None = None) -> None:
+        """Write config.json + model.safetensors (+ tokenizer/, teacher/ when it has no other source) to
+        `directory`; `training` (recipe, log) is written beside them as training.json."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         config = self.config
-        for section, folder in BUNDLED.items():
-            cfg = getattr(config, section)
-            # Random-init frozen parts, and parts that were bundled in the checkpoint this model came from, travel
-            # inside the checkpoint; hub ids and other paths stay references.
-            if cfg.source is None or cfg.source == folder:
-                getattr(self, section).save_pretrained(str(out / folder))
-                config = dataclasses.replace(config, **{section: dataclasses.replace(cfg, source=folder)})
-        self.captioner.tokenizer.save_pretrained(out / "tokenizer")
-        state = {}
-        for prefix, module in self.trained_modules().items():
-            # contiguous copies: tied or shared tensors must not alias inside a safetensors file
-            state.update(
-                {f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in module.trained_state_dict().items()}
+        for section in ("encoder", "teacher", "captioner"):  # paths relative to the old directory become absolute
+            source = self.resolved_source(section)
+            config = dataclasses.replace(
+                config, **{section: dataclasses.replace(getattr(config, section), source=source)}
             )
-        # Write to a temporary name first so an interrupted save never leaves a truncated checkpoint behind.
-        tmp = out / (WEIGHTS_NAME + ".tmp")
-        save_file(untie(state), str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, out / WEIGHTS_NAME)
-        (out / CONFIG_NAME).write_text(config.to_json() + "\n")
+        teacher = config.teacher.source
+        if teacher is None or (
+            self._directory is not None and Path(teacher) == (self._directory / "teacher").resolve()
+        ):
+            # A teacher with no other source travels inside the checkpoint, in the diffusers layout.
+            self.conditioner.save_pretrained(str(out / checkpoint.TEACHER_DIR))
+            self.decoder.save_pretrained(str(out / checkpoint.TEACHER_DIR))
+            config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, source="teacher"))
+        if "caption_decoder" in self.parts:
+            self.caption_decoder.tokenizer.save_pretrained(out / checkpoint.TOKENIZER_DIR)
+        elif self._directory is not None and (self._directory / checkpoint.TOKENIZER_DIR).is_dir():
+            shutil.copytree(
+                self._directory / checkpoint.TOKENIZER_DIR, out / checkpoint.TOKENIZER_DIR, dirs_exist_ok=True
+            )
+        stored = self.stored_parts()
+        state = {}
+        for part in PARTS:
+            subs = [s for s in stored if s.split(".")[0] == part]
+            if not subs:
+                continue
+            if part in self.parts:
+                tensors = _subpart_state(self.parts[part], subs)
+            else:  # stored by the checkpoint this model came from and never built here: copy them over
+                tensors = checkpoint.read_tensors(self._directory, part + ".")
+            state.update({f"{part}.{k}": v for k, v in tensors.items()})
+        checkpoint.write_weights(out, state)
+        checkpoint.write_json(
+            out / checkpoint.CONFIG_NAME, dataclasses.replace(config, weights=tuple(stored)).to_json()
+        )
+        if training is not None:
+            checkpoint.write_json(out / checkpoint.TRAINING_NAME, training)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> VLV:
-        """Load a directory written by `save_pretrained`; strict about every weight."""
+    def from_pretrained(cls, directory: str | os.PathLike, *, teacher: str | None = None) -> VLV:
+        """Load a directory written by `save_pretrained`; strict about every weight.
+
+        teacher: a diffusers folder (or hub id) to use instead of the checkpoint's own teacher.
+        """
         d = Path(directory)
-        if not (d / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{d} is not a VLV checkpoint: no {CONFIG_NAME}")
-        if not (d / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{d} is not a complete VLV checkpoint: no {WEIGHTS_NAME}")
-        saved = VLVConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
-        # Build from the bundled folders of this checkpoint, but keep their relative names in the model's config.
-        resolved = {
-            s: dataclasses.replace(getattr(saved, s), source=_resolve(d, getattr(saved, s).source)) for s in BUNDLED
-        }
-        tokenizer = AutoTokenizer.from_pretrained(d / "tokenizer")
-        # The LLM's weights are in model.safetensors: build it from the saved architecture, not from its source.
-        model = cls(dataclasses.replace(saved, **resolved), _llm_from_source=False, _tokenizer=tokenizer)
-        load_safetensors_strict(model.trained_modules(), str(d / WEIGHTS_NAME))
-        model.config = dataclasses.replace(
-            model.config,
-            **{s: dataclasses.replace(getattr(model.config, s), source=getattr(saved, s).source) for s in BUNDLED},
-        )
-        return model
+        config = checkpoint.read_config(d)
+        if teacher is not None:
+            config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, source=str(teacher)))
+        _check_weights(config, d)
+        return cls(config, _directory=d)
 
 
-def _resolve(directory: Path, source: str | None) -> str | None:
-    """A source that names a folder inside the checkpoint (e.g. `teacher`) is relative to it."""
-    if source is not None and not os.path.isabs(source) and (directory / source).is_dir():
-        return str(directory / source)
-    return source
+def _options(defaults, overrides: dict):
+    """The default options with the overrides that are not None."""
+    return dataclasses.replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _subpart_state(module: nn.Module, subparts: list[str]) -> dict[str, torch.Tensor]:
+    """The entries of a part's state dict that belong to the given sub-parts."""
+    prefixes = tuple(p for s in subparts for p in TRAINABLE[s])
+    return {k: v for k, v in module.state_dict().items() if k.startswith(prefixes)}
+
+
+def _check_weights(config: VLVConfig, directory: Path) -> None:
+    """Compare the weights file with the parts its config lists, on the meta device (nothing is allocated)."""
+    unknown = set(config.weights) - set(TRAINABLE)
+    if unknown:
+        raise CheckpointMismatchError(f"{directory}: config lists unknown parts {sorted(unknown)}")
+    found = checkpoint.weight_shapes(directory)
+    with torch.device("meta"):
+        probe = VLV(config, pretrained=False)
+        expected = {}
+        for part in PARTS:
+            subs = [s for s in config.weights if s.split(".")[0] == part]
+            if subs:
+                expected.update({f"{part}.{k}": v for k, v in _subpart_state(probe.part(part), subs).items()})
+    fake = {k: torch.empty(shape, device="meta") for k, shape in found.items()}
+    check_state_dict(expected, fake, str(directory / checkpoint.WEIGHTS_NAME))
 
 
 def load(
-    name_or_directory: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    name_or_directory: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    teacher: str | None = None,
 ) -> VLV:
     """A VLV model from a preset name (`tiny`, `shapes`, `paper`) or a checkpoint directory.
 
-    Presets load each component's pretrained `source` (random init where there is none); a directory loads the
-    trained weights saved by `save_pretrained`. The model is returned in eval mode on `device`.
+    Presets load each part's pretrained `source` (random init where there is none); a directory loads the weights
+    saved by `save_pretrained`. Parts are built the first time a method needs them, on `device` and in `dtype`.
+    teacher: a diffusers folder (or hub id) to use instead of the config's teacher.
     """
     if os.path.isdir(name_or_directory):
-        model = VLV.from_pretrained(name_or_directory)
+        model = VLV.from_pretrained(name_or_directory, teacher=teacher)
     elif isinstance(name_or_directory, str) and "/" not in name_or_directory and os.sep not in name_or_directory:
-        model = VLV(preset(name_or_directory))
+        config = preset(name_or_directory)
+        if teacher is not None:
+            config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, source=str(teacher)))
+        model = VLV(config)
     else:
         raise FileNotFoundError(f"no VLV checkpoint directory at {name_or_directory}")
     return model.to(device=device, dtype=dtype).eval()

@@ -1,7 +1,7 @@
 import torch
 
-from vlv.data.shapes import INVALID, parse_caption, render_batch, sample_scenes
-from vlv.shapes_eval import reading_of, score, train_reader
+from vlv.shapes.reader import reading_of, score, train_reader
+from vlv.shapes.world import INVALID, parse_caption, render_batch, sample_scenes
 
 
 def test_score_perfect_partial_and_invalid():

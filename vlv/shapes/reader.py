@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import trange
 
-from vlv.data.shapes import COLORS, INVALID, POSITIONS, SHAPES, SIZES, Scene, ShapeObject, render_batch, sample_scenes
+from vlv.config import derive_seed
+from vlv.shapes.world import COLORS, INVALID, POSITIONS, SHAPES, SIZES, Scene, ShapeObject, render_batch, sample_scenes
 
 Reading = dict[str, ShapeObject | None]  # quadrant → object, None when empty
 HEADS = (("occupied", 2), ("size", len(SIZES)), ("color", len(COLORS)), ("shape", len(SHAPES)))
@@ -80,7 +81,7 @@ def train_reader(image_size: int = 16, steps: int = 1500, batch_size: int = 128,
     g = torch.Generator().manual_seed(seed)
     reader.train()
     for step in trange(steps, desc="attribute reader", leave=False):
-        scenes = sample_scenes(batch_size, seed=seed * 7919 + step, split="train")
+        scenes = sample_scenes(batch_size, seed=derive_seed(seed, f"reader/{step}"), split="train")
         x = torch.from_numpy(render_batch(scenes, image_size))
         # Mild photometric augmentation so that imperfect (generated) images are still read reliably.
         gain = 1 + 0.2 * (torch.rand(len(x), 1, 1, 1, generator=g) - 0.5) * 2

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vlv.metrics import frechet_distance
+from vlv.eval.metrics import frechet_distance
 
 
 def test_identical_sets_have_zero_distance():

@@ -12,12 +12,15 @@ per object, joined by " and " in quadrant order top left, top right, bottom left
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 SIZES = ("small", "large")
 COLORS = ("red", "green", "blue", "yellow")
@@ -178,3 +181,21 @@ def render_batch(scenes: list[Scene], size: int = 16) -> np.ndarray:
     """(N, 3, size, size) float32 in [0, 1]."""
     arr = np.stack([np.asarray(render(s, size), dtype=np.float32) for s in scenes]) / 255.0
     return arr.transpose(0, 3, 1, 2)
+
+
+def write_scenes(out: Path, n: int, seed: int, *, size: int = 16, split: str = "train") -> Path:
+    """Render `n` seeded scenes to out/00000.png … and out/scenes.jsonl (image, caption, scene); returns the index.
+
+    Images first, the index last (through a temporary name): scenes.jsonl never names a missing file."""
+    out.mkdir(parents=True, exist_ok=True)
+    scenes = sample_scenes(n, seed, split=split)
+    width = max(5, len(str(n - 1)))
+    records = []
+    for i, scene in enumerate(tqdm(scenes, desc="rendering", disable=n < 1000)):
+        name = f"{i:0{width}d}.png"
+        render(scene, size).save(out / name)
+        records.append(json.dumps({"image": name, "caption": scene.caption, "scene": scene.to_dict()}))
+    tmp = out / "scenes.jsonl.tmp"
+    tmp.write_text("\n".join(records) + "\n")
+    tmp.replace(out / "scenes.jsonl")
+    return out / "scenes.jsonl"

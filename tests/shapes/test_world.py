@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vlv.cli import main
-from vlv.data.shapes import (
+from vlv.shapes.world import (
     COLORS,
     INVALID,
     POSITIONS,

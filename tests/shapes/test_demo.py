@@ -8,21 +8,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import vlv
+from vlv.checkpoint import read_training
 from vlv.cli import main
-from vlv.config import SHAPES_ENCODER, preset
-from vlv.data.shapes import parse_caption, render_batch, sample_compositions, sample_scenes
 from vlv.loading import CheckpointMismatchError
 from vlv.model import VLV
-from vlv.shapes_demo import (
-    ENCODER_WEIGHTS,
-    STAGE1_COMMITTED,
-    STAGE1_RECORD,
-    DemoConfig,
-    composition_probe,
-    load_stage1,
-    stage1_config_of,
-    stage1_probe,
-)
+from vlv.shapes import preset
+from vlv.shapes.demo import DemoConfig, heldout_scenes
+from vlv.shapes.evaluate import evaluate_captions
+from vlv.shapes.stage1 import STAGE1_COMMITTED, Stage1Probe, recipe_of
 
 KEYS = {
     "teacher_attribute_accuracy",
@@ -57,11 +50,22 @@ def test_quick_demo_writes_metrics_report_and_model(quick_run):
     assert composition["both_present"] <= min(composition["first_present"], composition["second_present"])
     html = (out / "report.html").read_text()
     assert html.count("<img") >= 30 and "caption_exact" in html
+
+
+def test_the_saved_model_captions_as_the_demo_scored_it(quick_run):
+    """The saved final model, reloaded, gives exactly the held-out caption scores the demo reported."""
+    out, metrics = quick_run
     model = vlv.load(out / "model")
-    scenes = sample_scenes(4, seed=0, split="heldout")
-    captions = model.caption(torch.from_numpy(render_batch(scenes)))
-    assert len(captions) == 4 and all(isinstance(c, str) for c in captions)
-    assert all(parse_caption(c) is not None for c in captions)  # parsing never raises, whatever was generated
+    scores, captions = evaluate_captions(model, heldout_scenes(DemoConfig.quick()))
+    assert scores == metrics["details"]["captions"]
+    assert len(captions) == metrics["details"]["eval_scenes"]
+    assert "decoder" not in model.built_parts()  # captioning never built the UNet
+    config = json.loads((out / "model/config.json").read_text())
+    # Everything the demo trained is stored: the stage-1 encoder, ψ, and the LLM (it has no source to refer to).
+    assert set(config["weights"]) == {f"encoder.{p}" for p in ("vision", "language_model", "queries", "projection")} | {
+        "caption_decoder.projector",
+        "caption_decoder.llm",
+    }
 
 
 def test_quick_demo_learns(quick_run):
@@ -75,7 +79,7 @@ def test_quick_demo_learns(quick_run):
     assert logs["stage1"][-1]["loss"] < 0.7 * logs["stage1"][0]["loss"]
     assert logs["stage2"][-1]["loss"] < 0.5 * logs["stage2"][0]["loss"]
     assert logs["baseline"][-1]["loss"] < 0.5 * logs["baseline"][0]["loss"]
-    assert [e["phase"] for e in logs["stage2"]][:: len(logs["stage2"]) // 3] == [1, 2, 3]
+    assert list(dict.fromkeys(e["phase"] for e in logs["stage2"])) == ["mlp", "llm", "encoder"]
 
 
 def test_ablations_cover_stage1_amount_phases_and_n(quick_run):
@@ -96,40 +100,38 @@ def test_ablations_cover_stage1_amount_phases_and_n(quick_run):
     assert "Ablations" in html and "caption exact vs N pairs" in html
 
 
-def _shapes_model(seed: int = 0) -> VLV:
-    torch.manual_seed(seed)
-    return VLV(preset("shapes"))
-
-
-def test_stage1_cache_reloads_exactly_and_rejects_a_mismatch(quick_run, tmp_path):
+def test_stage1_checkpoint_reloads_exactly_and_rejects_a_mismatch(quick_run, tmp_path):
     out, _ = quick_run
-    model = _shapes_model(seed=1)  # a different initialisation: everything must come from the file
-    record = load_stage1(model, out / "stage1")
-    probe = sample_scenes(32, seed=DemoConfig.quick().stage1.seed + 202, split="heldout")
+    fresh = VLV(preset.config(seed=1))  # a different initialisation …
+    cached = vlv.load(out / "stage1")  # … so that this encoder must come from the file
+    probe_images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(fresh.embed(probe_images), cached.embed(probe_images))
+    record = read_training(out / "stage1")
     # the held-out probe of the reloaded encoder equals the one logged at the end of training
-    assert stage1_probe(model, probe)["loss_z"] == pytest.approx(record["log"][-1]["loss_z"], rel=1e-5)
-    state = load_file(out / "stage1" / ENCODER_WEIGHTS)
-    state.pop(sorted(state)[0])
+    probe = Stage1Probe(cached, record["recipe"]["seed"])
+    assert probe(cached)["loss_z"] == pytest.approx(record["log"][-1]["loss_z"], rel=1e-5)
     (tmp_path / "bad").mkdir()
-    save_file(state, tmp_path / "bad" / ENCODER_WEIGHTS)
-    (tmp_path / "bad" / STAGE1_RECORD).write_text((out / "stage1" / STAGE1_RECORD).read_text())
+    for name in ("config.json", "training.json"):
+        (tmp_path / "bad" / name).write_text((out / "stage1" / name).read_text())
+    state = load_file(out / "stage1" / "model.safetensors")
+    state.pop(sorted(state)[0])
+    save_file(state, tmp_path / "bad" / "model.safetensors")
     with pytest.raises(CheckpointMismatchError, match="missing keys"):
-        load_stage1(_shapes_model(), tmp_path / "bad")
-    with pytest.raises(FileNotFoundError, match="no stage-1 encoder"):
-        load_stage1(_shapes_model(), tmp_path)
+        vlv.load(tmp_path / "bad")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        vlv.load(tmp_path)
 
 
 def test_committed_encoder_loads_and_reproduces_its_record():
-    """`make demo` starts from this encoder: it must load strictly into the shapes preset and be the one recorded."""
-    assert DemoConfig.full().stage1_from == SHAPES_ENCODER
-    model = _shapes_model(seed=1)
-    record = load_stage1(model, Path(SHAPES_ENCODER))
-    assert stage1_config_of(record) == STAGE1_COMMITTED  # trained by `vlv shapes train-encoder` with its defaults
-    probe = sample_scenes(32, seed=record["stage1"]["seed"] + 202, split="heldout")
+    """`make demo` starts from this checkpoint: it must load strictly and be the encoder its record describes."""
+    assert DemoConfig.full().stage1_from == preset.ENCODER
+    model = vlv.load(preset.ENCODER)
+    assert model.resolved_source("teacher") == str(Path(preset.TEACHER).resolve())  # relative to the checkpoint
+    record = read_training(preset.ENCODER)
+    assert recipe_of(record) == STAGE1_COMMITTED  # trained by `vlv shapes train-encoder` with its defaults
     last = record["log"][-1]
-    assert stage1_probe(model, probe)["loss_z"] == pytest.approx(last["loss_z"], rel=1e-4)
+    probe = Stage1Probe(model, record["recipe"]["seed"])(model)
+    assert probe["loss_z"] == pytest.approx(last["loss_z"], rel=1e-4)
     assert last["recovered"] >= 0.85  # z recovers most of what the true caption gives the teacher
-    triples = sample_compositions(32, seed=record["stage1"]["seed"] + 303, split="heldout")
-    composed = composition_probe(model, triples)
-    assert composed["loss_composed"] == pytest.approx(last["loss_composed"], rel=1e-4)
+    assert probe["loss_composed"] == pytest.approx(last["loss_composed"], rel=1e-4)
     assert last["composition_recovered"] >= 0.85  # so does the spliced z of two images, for their union

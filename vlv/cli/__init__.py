@@ -1,0 +1,40 @@
+"""The `vlv` command: one module per command group; each command parses arguments and calls the library.
+
+vlv info --preset paper [--json]        parameters per component (built on the meta device)
+vlv caption --model DIR IMAGE...        caption images with a saved model (or a preset name)
+vlv reconstruct --model DIR --out DIR IMAGE...
+vlv demo                                the embedded default job (the shapes world)
+vlv shapes render|train-teacher|train-encoder
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Command groups: module → adds its subcommands to the parser. The shapes world lives in its own package and is
+# imported here only to register its commands.
+GROUPS = ("vlv.cli.info", "vlv.cli.infer", "vlv.shapes.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlv", description="Vision-Language-Vision auto-encoder")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in GROUPS:
+        importlib.import_module(module).add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (OSError, ValueError) as e:
+        # A user mistake (wrong path, bad image, mismatched checkpoint) gets one clear line, not a traceback.
+        print(f"vlv {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

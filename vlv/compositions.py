@@ -1,0 +1,90 @@
+"""The two trainable compositions of VLV, each a plain `nn.Module` with `forward(batch) → loss`.
+
+    Autoencoder (stage 1, images only):  image ─► encoder ─► z ─► frozen CLIP ─► c ─► frozen UNet (+VAE) ─► loss
+    Captioner   (stage 2, pairs):        image ─► encoder ─► z ─► frozen CLIP ─► c ─► ψ ─► LLM ─► next-token loss
+
+They hold the very part modules of a `VLV` (nothing is copied), so training a composition trains the model. Because
+each is an ordinary module whose forward returns the loss, DDP / accelerate wrap them as they are; only the
+parameters a stage trains require grad (see `VLV.set_trainable`). Randomness (noise, timesteps, VAE sampling) comes
+from the global torch RNG, which the training loop saves and restores.
+
+A batch is a dict: `images` (B, 3, H, W) in [0, 1] always; `captions` (list of B strings) for the captioner;
+optionally `sources` (P, 2, 3, H, W) and `composites` (P, 3, H, W) for the auto-encoder's composition term.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vlv.captioner import CaptionDecoder
+from vlv.conditioning import TextConditioner
+from vlv.diffusion import DiffusionDecoder
+from vlv.encoder import VLVEncoder
+from vlv.images import to_batch
+
+
+def compose_embeddings(zs: torch.Tensor, splits: list[int] | None = None) -> torch.Tensor:
+    """Splice the leading tokens of several caption embeddings into one.
+
+    zs: (K, L, D), one z per image, or (P, K, L, D) for P compositions at once. splits: tokens taken from each
+    (sums to L); default an equal split, the remainder going to the first images. Returns (1, L, D) (or (P, L, D)):
+    z_1[:n_1] ; z_2[:n_2] ; … ; z_K[:n_K].
+    """
+    batched = zs if zs.dim() == 4 else zs.unsqueeze(0)
+    K, L = batched.shape[1:3]
+    if splits is None:
+        splits = [L // K + (1 if i < L % K else 0) for i in range(K)]
+    if len(splits) != K or sum(splits) != L or min(splits) < 1:
+        raise ValueError(f"splits {splits} must give each of {K} images ≥ 1 token and sum to {L}")
+    return torch.cat([batched[:, i, :n] for i, n in enumerate(splits)], dim=1)
+
+
+class Autoencoder(nn.Module):
+    """Stage 1 (paper §3.1): the frozen teacher's denoising loss conditioned on CLIP(z)."""
+
+    def __init__(
+        self,
+        encoder: VLVEncoder,
+        conditioner: TextConditioner,
+        decoder: DiffusionDecoder,
+        *,
+        noises_per_image: int = 1,
+    ):
+        super().__init__()
+        self.encoder, self.conditioner, self.decoder = encoder, conditioner, decoder
+        # K noisy copies (own noise and timestep) of each image share one encoder pass, so each encoder step sees
+        # K samples of the teacher's signal (the paper: K = 1).
+        self.noises_per_image = noises_per_image
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """The composition term (optional, still images only): the spliced z of each source pair
+        (`compose_embeddings`) must condition the denoising of the pair's composite image, which teaches the encoder
+        to keep each image's content in its leading tokens. Every noisy sample, plain or composite, weighs the same.
+        """
+        images = batch["images"]
+        targets, inputs = images, images
+        if "composites" in batch:
+            targets = torch.cat([images, batch["composites"]])
+            inputs = torch.cat([images, batch["sources"].flatten(0, 1)])
+        latents = self.decoder.encode_images(to_batch(targets, self.decoder.cfg.image_size))  # (B [+ P], C, h, w)
+        z = self.encoder(inputs)  # (B [+ 2P], 77, D)
+        B = images.shape[0]
+        if "composites" in batch:
+            z = torch.cat([z[:B], compose_embeddings(z[B:].unflatten(0, (-1, 2)))])  # (B + P, 77, D)
+        c = self.conditioner(z)  # gradients reach the encoder through c
+        K = self.noises_per_image
+        latents, c = latents.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (·K, ...)
+        return self.decoder.denoising_loss(latents, c)
+
+
+class Captioner(nn.Module):
+    """Stage 2 (paper §3.2): next-token loss of the captions given the prefix ψ(CLIP(z))."""
+
+    def __init__(self, encoder: VLVEncoder, conditioner: TextConditioner, caption_decoder: CaptionDecoder):
+        super().__init__()
+        self.encoder, self.conditioner, self.caption_decoder = encoder, conditioner, caption_decoder
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        c = self.conditioner(self.encoder(batch["images"]))  # (B, 77, d_clip)
+        return self.caption_decoder.loss(c, batch["captions"])

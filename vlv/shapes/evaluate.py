@@ -1,0 +1,66 @@
+"""Scoring a VLV model in the shapes world against ground truth: captions, reconstructions, teacher samples and
+compositions, each read back by the attribute reader (`vlv.shapes.reader`) or parsed by the caption grammar."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vlv.eval.metrics import frechet_distance
+from vlv.model import VLV
+from vlv.shapes.reader import AttributeReader, reading_of, score
+from vlv.shapes.stage1 import renders
+from vlv.shapes.world import Scene, parse_caption, sample_scenes
+
+
+def evaluate_captions(model: VLV, scenes: list[Scene], batch_size: int = 64) -> tuple[dict, list[str]]:
+    """Caption each scene's render; score the parsed captions against the scenes."""
+    images = renders(scenes)
+    captions = []
+    for i in range(0, len(scenes), batch_size):
+        captions += model.caption(images[i : i + batch_size])
+    readings = [reading_of(parse_caption(c)) for c in captions]
+    return score(readings, [reading_of(s) for s in scenes]), captions
+
+
+def evaluate_reconstruction(model: VLV, reader: AttributeReader, scenes: list[Scene]) -> tuple[dict, torch.Tensor]:
+    """Reconstruct each render; the reader's agreement between original and reconstruction, and shapes-FID."""
+    images = renders(scenes)
+    recon = torch.cat([model.reconstruct(images[i : i + 100], seed=i) for i in range(0, len(scenes), 100)])
+    agreement = score(reader.read(recon), reader.read(images))
+    with torch.no_grad():
+        fid = frechet_distance(reader.features(recon).numpy(), reader.features(images).numpy())
+    return {**agreement, "shapes_fid": fid}, recon
+
+
+def evaluate_teacher(model: VLV, reader: AttributeReader, scenes: list[Scene]) -> tuple[dict, torch.Tensor]:
+    """Teacher samples for held-out captions, read back: is the frozen teacher any good?"""
+    samples = []
+    for i in range(0, len(scenes), 100):
+        c = model.conditioner.encode_prompts([s.caption for s in scenes[i : i + 100]])
+        samples.append(model.sample(c, seed=i))
+    samples = torch.cat(samples)
+    return score(reader.read(samples), [reading_of(s) for s in scenes]), samples
+
+
+def evaluate_composition(model: VLV, reader: AttributeReader, n: int, seed: int) -> tuple[dict, list]:
+    """Two single-object images in different quadrants, z spliced (equal split), decoded: are both objects there?
+
+    An object is present when the reader finds it, with its size, color and shape, in its quadrant. Also returned:
+    how often the first image's object (leading tokens) and the second's (trailing tokens) are present alone.
+    """
+    rng = np.random.default_rng(seed)
+    singles = [s for s in sample_scenes(20 * n, seed=seed, split="all") if len(s.objects) == 1]
+    present, examples = np.zeros((n, 2), dtype=bool), []
+    for k in range(n):
+        a = singles[rng.integers(len(singles))]
+        b = next(
+            s for s in singles[rng.integers(len(singles)) :] + singles if s.objects[0].position != a.objects[0].position
+        )
+        composed = model.compose(renders([a, b]), seed=k)
+        reading = reader.read(composed)[0]
+        present[k] = [reading[s.objects[0].position] == s.objects[0] for s in (a, b)]
+        if len(examples) < 8:
+            examples.append((a, b, composed[0], bool(present[k].all())))
+    first, second = present.mean(0).tolist()
+    return {"both_present": float(present.all(1).mean()), "first_present": first, "second_present": second}, examples

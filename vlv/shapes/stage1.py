@@ -1,0 +1,181 @@
+"""Stage 1 in the shapes world: the VLV encoder trained on unpaired renders only, against the frozen teacher.
+
+Two segments, each a `vlv.train.AutoencoderRecipe` with its own warmup and cosine decay: renders alone, then
+renders plus the *composition term* — triples (a, b, a ∪ b) of one-object renders in distinct quadrants and the
+render of both together, whose spliced z (`compose_embeddings`) must denoise a ∪ b. Both read images only, no
+caption. The held-out probe (`vlv.eval.probe`) is logged along the way. `make demo` starts from the committed
+result (`assets/shapes_encoder`, an ordinary VLV checkpoint written by `vlv shapes train-encoder`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from vlv.checkpoint import read_training
+from vlv.config import VLVConfig, derive_seed
+from vlv.eval.probe import caption_gain_share, composition_gain_share, prompt_losses
+from vlv.model import VLV
+from vlv.shapes.preset import STAGE1_PARTS
+from vlv.shapes.world import Scene, render_batch, sample_compositions, sample_scenes
+from vlv.train.loop import OptimConfig
+from vlv.train.recipes import AutoencoderRecipe, recipe_dict, train_autoencoder
+
+
+@dataclass(frozen=True)
+class Stage1Recipe:
+    """Renders only, then (optionally) a second segment that adds the composition term."""
+
+    plain: AutoencoderRecipe
+    compose: AutoencoderRecipe | None = None  # the composition segment; None = no composition term
+    composition_pairs: int = 8  # (a, b, a ∪ b) render triples per step of the composition segment
+    seed: int = 0
+
+    @property
+    def steps(self) -> int:
+        return self.plain.optim.steps + (self.compose.optim.steps if self.compose else 0)
+
+    @property
+    def renders(self) -> int:
+        """Images the encoder was trained on (composites and their sources included)."""
+        plain = self.plain.optim.steps * self.plain.batch_size
+        if self.compose is None:
+            return plain
+        return plain + self.compose.optim.steps * (self.compose.batch_size + 3 * self.composition_pairs)
+
+
+def segment(steps: int, batch_size: int, lr: float) -> AutoencoderRecipe:
+    """One stage-1 segment: 4 noisy copies per image, 50 warmup steps then cosine to zero."""
+    optim = OptimConfig(steps=steps, lr=lr, warmup_steps=50)
+    return AutoencoderRecipe(optim, batch_size, STAGE1_PARTS, noises_per_image=4)
+
+
+def two_segments(plain_steps: int, compose_steps: int, composition_pairs: int) -> Stage1Recipe:
+    return Stage1Recipe(segment(plain_steps, 32, 1e-3), segment(compose_steps, 24, 3e-4), composition_pairs)
+
+
+# The committed encoder (`vlv shapes train-encoder` defaults) and the shorter stage 1 of `vlv demo --from-scratch`.
+STAGE1_COMMITTED = two_segments(2000, 3500, 12)
+STAGE1_FROM_SCRATCH = two_segments(1500, 500, 8)
+
+
+def renders(scenes: list[Scene], size: int = 16) -> torch.Tensor:
+    """(N, 3, size, size) in [0, 1]."""
+    return torch.from_numpy(render_batch(scenes, size))
+
+
+# The held-out probe of a stage-1 run: these exact scenes, so that a record's logged probe can be reproduced.
+def probe_scenes(seed: int) -> list[Scene]:
+    return sample_scenes(32, seed=seed + 202, split="heldout")
+
+
+def probe_triples(seed: int) -> list[tuple[Scene, Scene, Scene]]:
+    return sample_compositions(32, seed=seed + 303, split="heldout")
+
+
+class Stage1Probe:
+    """The held-out probe: share of the caption's gain recovered by z, and by the spliced z of two images."""
+
+    def __init__(self, model: VLV, seed: int):
+        self.scenes, self.triples = probe_scenes(seed), probe_triples(seed)
+        self.unions = [u for *_, u in self.triples]
+        parts = (model.conditioner, model.decoder)
+        # Constant for a frozen teacher: computed once.
+        self.references = prompt_losses(*parts, renders(self.scenes), [s.caption for s in self.scenes])
+        self.union_references = prompt_losses(*parts, renders(self.unions), [u.caption for u in self.unions])
+
+    def __call__(self, model: VLV) -> dict:
+        sources = torch.stack([renders([a, b]) for a, b, _ in self.triples])
+        return {
+            **caption_gain_share(model, renders(self.scenes), self.references),
+            **composition_gain_share(model, sources, renders(self.unions), self.union_references),
+        }
+
+
+def stage1_batches(recipe: Stage1Recipe, *, compose: bool, size: int = 16):
+    """batches(step) → training-split renders, plus (sources, composites) in the composition segment."""
+    seg = recipe.compose if compose else recipe.plain
+    name = "compose" if compose else "plain"
+
+    def batches(step: int) -> dict:
+        seed = derive_seed(recipe.seed, f"stage1/{name}/{step}")
+        batch = {"images": renders(sample_scenes(seg.batch_size, seed=seed, split="train"), size)}
+        if compose:
+            triples = sample_compositions(recipe.composition_pairs, seed=seed, split="train")
+            batch["sources"] = torch.stack([renders([a, b], size) for a, b, _ in triples])
+            batch["composites"] = renders([u for *_, u in triples], size)
+        return batch
+
+    return batches
+
+
+def run_stage1(model: VLV, recipe: Stage1Recipe, *, log_points: int = 8) -> list[dict]:
+    """Stage 1 on unpaired training-split renders only (no captions are read); logs the held-out probe."""
+    probe = Stage1Probe(model, recipe.seed)
+    size = model.config.teacher.image_size
+    log_every = max(1, recipe.steps // log_points)
+    log = []
+    segments = [(recipe.plain, False)] + ([(recipe.compose, True)] if recipe.compose else [])
+    for seg, compose in segments:
+        offset = log[-1]["step"] if log else 0
+
+        def on_log(entry: dict, offset: int = offset, compose: bool = compose) -> None:
+            model.eval()
+            entry.update(probe(model))
+            entry.update(step=entry["step"] + offset, segment="compose" if compose else "plain")
+            tqdm.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()}))
+
+        name = "compose" if compose else "plain"
+        seg = dataclasses.replace(seg, optim=dataclasses.replace(seg.optim, seed=derive_seed(recipe.seed, name)))
+        log += train_autoencoder(model, stage1_batches(recipe, compose=compose, size=size), seg,
+                                 log_every=log_every, on_log=on_log)  # fmt: skip
+    return log
+
+
+def stage1_record(recipe: Stage1Recipe, teacher: str | None) -> dict:
+    """What identifies a stage-1 run: its recipe and the teacher's folder name."""
+    return {"recipe": recipe_dict(recipe), "teacher": Path(teacher).name if teacher else None}
+
+
+def recipe_of(record: dict) -> Stage1Recipe:
+    """The `Stage1Recipe` a training record was made with."""
+
+    def seg(d: dict | None) -> AutoencoderRecipe | None:
+        if d is None:
+            return None
+        optim = OptimConfig(**{**d["optim"], "betas": tuple(d["optim"]["betas"])})
+        return AutoencoderRecipe(optim, d["batch_size"], tuple(d["trainable"]), d["noises_per_image"])
+
+    r = record["recipe"]
+    return Stage1Recipe(seg(r["plain"]), seg(r["compose"]), r["composition_pairs"], r["seed"])
+
+
+def train_encoder(model: VLV, recipe: Stage1Recipe, out: Path) -> dict:
+    """Train stage 1 and save the model to `out` (a VLV checkpoint with training.json); returns the record."""
+    t0 = time.perf_counter()
+    log = run_stage1(model, recipe)
+    record = {**stage1_record(recipe, model.config.teacher.source), "seconds": time.perf_counter() - t0, "log": log}
+    model.save_pretrained(out, training=record)
+    return record
+
+
+def obtain_stage1(config: VLVConfig, recipe: Stage1Recipe, source: str | None, cache: Path) -> tuple[VLV, dict]:
+    """A model whose encoder went through stage 1: loaded from `source` (a committed checkpoint), from `cache` when
+    it holds the same recipe and teacher, or trained now and saved to `cache`. The model uses `config`'s teacher."""
+    teacher = config.teacher.source
+    if source is not None:
+        model, record = VLV.from_pretrained(source, teacher=teacher), read_training(source)
+        tqdm.write(f"stage 1: the committed encoder from {source} ({record['seconds']:.0f} s of training)")
+        return model, record
+    record = read_training(cache)
+    if record is not None and {k: record[k] for k in ("recipe", "teacher")} == stage1_record(recipe, teacher):
+        tqdm.write(f"stage 1: loaded the cached encoder from {cache}")
+        return VLV.from_pretrained(cache, teacher=teacher), record
+    model = VLV(config)
+    return model, train_encoder(model, recipe, cache)

@@ -1,0 +1,108 @@
+"""Training recipes: stage 1 (the auto-encoder) and stage 2 (progressive phases, or the paired-only baseline).
+
+A recipe says what trains and how (`OptimConfig`); the data comes from the caller as `batches(step)`. Recipes are
+plain dataclasses, saved beside the weights they produced (`training.json`, see `recipe_dict`).
+
+Progressive unfreezing (paper §3.2): phase `mlp` trains ψ only, `llm` ψ + the LLM, `encoder` ψ + the LLM + the
+encoder's BART (queries and φ stay frozen). The paired-only baseline trains the same networks on the same pairs with
+everything trainable from the first step and no stage 1 — the control for the paper's central claim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vlv.config import derive_seed
+from vlv.model import TRAINABLE, VLV
+from vlv.presets import STAGE1_PARTS
+from vlv.train.loop import OptimConfig, Trainer
+
+PHASE_PARTS = {
+    "mlp": ("caption_decoder.projector",),
+    "llm": ("caption_decoder.projector", "caption_decoder.llm"),
+    "encoder": ("caption_decoder.projector", "caption_decoder.llm", "encoder.language_model"),
+}
+BASELINE_PARTS = tuple(sorted(TRAINABLE))  # paired-only: every network trains from the first step
+
+
+@dataclass(frozen=True)
+class AutoencoderRecipe:
+    """Stage 1 on images alone (paper: 200k steps of 512, lr 5e-5 cosine, one noise per image)."""
+
+    optim: OptimConfig
+    batch_size: int = 512  # images per optimizer step (the data source draws them)
+    trainable: tuple[str, ...] = STAGE1_PARTS
+    noises_per_image: int = 1  # K noisy copies of each image per encoder pass
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stage-2 run: which parts train, and how."""
+
+    name: str
+    trainable: tuple[str, ...]
+    optim: OptimConfig
+
+
+@dataclass(frozen=True)
+class CaptionerRecipe:
+    """Stage 2: phases run in order on image-caption pairs."""
+
+    phases: tuple[Phase, ...]
+    batch_size: int = 64  # pairs per optimizer step
+
+
+def progressive(steps: tuple[int, int, int], optim: OptimConfig, *, batch_size: int = 64) -> CaptionerRecipe:
+    """The paper's three progressive phases (mlp, llm, encoder), each with its own schedule and named seed."""
+    phases = tuple(
+        Phase(name, PHASE_PARTS[name], dataclasses.replace(optim, steps=n, seed=derive_seed(optim.seed, name)))
+        for name, n in zip(PHASE_PARTS, steps)
+    )
+    return CaptionerRecipe(phases, batch_size)
+
+
+def paired_only(steps: int, optim: OptimConfig, *, batch_size: int = 64) -> CaptionerRecipe:
+    """The baseline: one phase, every part trainable, `steps` steps."""
+    return CaptionerRecipe((Phase("baseline", BASELINE_PARTS, dataclasses.replace(optim, steps=steps)),), batch_size)
+
+
+def recipe_dict(recipe) -> dict:
+    """A recipe as JSON data (as it reads back from training.json: tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(recipe)))
+
+
+def train_autoencoder(
+    model: VLV, batches: Callable[[int], dict], recipe: AutoencoderRecipe, **run_kwargs
+) -> list[dict]:
+    """Stage 1: train `recipe.trainable` against the frozen teacher on `batches(step)` (images only; see
+    `vlv.compositions.Autoencoder` for the batch). run_kwargs go to `Trainer.run` (log_every, on_log)."""
+    model.set_trainable(recipe.trainable)
+    trainer = Trainer(model.autoencoder(noises_per_image=recipe.noises_per_image), recipe.optim, desc="stage 1")
+    log = trainer.run(batches, **run_kwargs)
+    model.set_trainable(())
+    return log
+
+
+def train_captioner(
+    model: VLV,
+    batches: Callable[[int], dict],
+    recipe: CaptionerRecipe,
+    *,
+    after_phase: Callable[[Phase], None] | None = None,
+    log_points: int = 10,
+) -> list[dict]:
+    """Stage 2: each phase of `recipe` in order on `batches(step)` ({"images", "captions"}); returns one log whose
+    entries name their phase. after_phase(phase) runs after each phase (e.g. to score captions)."""
+    log = []
+    for phase in recipe.phases:
+        model.set_trainable(phase.trainable)
+        trainer = Trainer(model.captioner(), phase.optim, desc=f"stage 2 ({phase.name})")
+        entries = trainer.run(batches, log_every=max(1, phase.optim.steps // log_points))
+        log += [{**e, "phase": phase.name} for e in entries]
+        model.set_trainable(())
+        if after_phase is not None:
+            after_phase(phase)
+    return log
