@@ -1,4 +1,4 @@
-"""The shapes demo: the whole VLV method on a laptop CPU, checked against ground truth (MISSION.md §6).
+"""The shapes demo: the whole VLV method on a laptop CPU, checked against ground truth.
 
     committed teacher ─► stage 1 on unpaired renders ─► stage 2 on N pairs (3 progressive phases) ─► evaluation
                                                         paired-only baseline on the same N pairs ─┘

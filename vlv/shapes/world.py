@@ -1,4 +1,4 @@
-"""The shapes world (MISSION.md §6): seeded procedural scenes with an exact caption grammar and a parser.
+"""The shapes world: seeded procedural scenes with an exact caption grammar and a parser.
 
 A scene holds 1–2 objects in distinct quadrants. Each object has a size (small, large), a color (red, green, blue,
 yellow), a shape (circle, square, triangle) and a position (one quadrant). Its canonical caption is
