@@ -20,10 +20,21 @@ from vlv.config import (
 
 
 def florence_arch(
-    *, vision_dims: list[int], depths: list[int], heads: list[int], window: int, d_model: int, layers: int,
-    heads_text: int, ffn: int, vocab: int, image_token_id: int, drop_path: float = 0.0, max_positions: int = 128,
+    *,
+    vision_dims: list[int],
+    depths: list[int],
+    heads: list[int],
+    window: int,
+    d_model: int,
+    layers: int,
+    heads_text: int,
+    ffn: int,
+    vocab: int,
+    image_token_id: int,
+    drop_path: float = 0.0,
+    max_positions: int = 128,
     dropout: float | None = 0.0,
-) -> dict:  # fmt: skip
+) -> dict:
     """Florence2Config kwargs: a DaViT vision tower (groups = heads) and a BART language model.
 
     dropout: BART's dropout rates; None keeps Florence's own defaults (the pretrained model)."""
@@ -146,7 +157,7 @@ def tiny() -> VLVConfig:
                 ffn=64,
                 vocab=64,
                 image_token_id=63,
-            ),  # fmt: skip
+            ),
             image_size=64,
             prompt_token_ids=(0, 5, 6, 7, 2),
             z_dim=32,
@@ -161,7 +172,7 @@ def tiny() -> VLVConfig:
         captioner=CaptionerConfig(
             arch=qwen2_arch(
                 vocab=len(TINY_WORDS) + 4, width=32, layers=2, heads=2, kv_heads=1, mlp=64, max_position_embeddings=256
-            ),  # fmt: skip
+            ),
             vocabulary=TINY_WORDS,
             projector_hidden=64,
             max_caption_tokens=20,
@@ -195,7 +206,7 @@ def paper() -> VLVConfig:
                 drop_path=0.1,
                 max_positions=1024,
                 dropout=None,
-            ),  # fmt: skip
+            ),
             image_size=768,
             z_dim=1024,
         ),
@@ -203,7 +214,7 @@ def paper() -> VLVConfig:
             source="stabilityai/stable-diffusion-2-1-base",
             text_encoder_arch=clip_text_arch(
                 width=1024, layers=23, heads=16, vocab=49408, mlp=4096, hidden_act="gelu", projection_dim=512
-            ),  # fmt: skip
+            ),
             unet_arch=dict(
                 sample_size=64,
                 in_channels=4,
@@ -243,7 +254,7 @@ def paper() -> VLVConfig:
                 rms_norm_eps=1e-6,
                 bos_token_id=151643,
                 eos_token_id=151643,
-            ),  # fmt: skip
+            ),
             projector_hidden=2048,
             max_caption_tokens=300,
         ),

@@ -60,6 +60,9 @@ def test_the_saved_model_captions_as_the_demo_scored_it(quick_run):
     assert scores == metrics["details"]["captions"]
     assert len(captions) == metrics["details"]["eval_scenes"]
     assert "decoder" not in model.built_parts()  # captioning never built the UNet
+    training = read_training(out / "model")  # the recipes that produced the weights are saved beside them
+    assert [p["name"] for p in training["stage2"]["phases"]] == ["mlp", "llm", "encoder"]
+    assert training["n_pairs"] == DemoConfig.quick().n_pairs
     config = json.loads((out / "model/config.json").read_text())
     # Everything the demo trained is stored: the stage-1 encoder, ψ, and the LLM (it has no source to refer to).
     assert set(config["weights"]) == {f"encoder.{p}" for p in ("vision", "language_model", "queries", "projection")} | {

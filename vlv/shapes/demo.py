@@ -37,7 +37,7 @@ from vlv.shapes.stage1 import (
 )
 from vlv.shapes.world import Scene, sample_scenes
 from vlv.train.loop import OptimConfig
-from vlv.train.recipes import CaptionerRecipe, Phase, paired_only, progressive, train_captioner
+from vlv.train.recipes import CaptionerRecipe, Phase, paired_only, progressive, recipe_dict, train_captioner
 
 
 @dataclass(frozen=True)
@@ -91,14 +91,15 @@ class DemoConfig:
         )
 
     def stage2(self) -> CaptionerRecipe:
-        """The progressive phases: 20 warmup steps, cosine to zero, per phase."""
-        optim = OptimConfig(steps=0, lr=self.stage2_lr, warmup_steps=20, seed=self.seed)
-        return progressive(self.phase_steps, optim, batch_size=self.batch_size)
+        """The progressive phases, each with 20 warmup steps and cosine decay to zero."""
+        return progressive(self.phase_steps, self._stage2_optim(), batch_size=self.batch_size)
 
     def baseline(self) -> CaptionerRecipe:
         """The paired-only baseline at equal stage-2 compute: every part trainable for the phases' total steps."""
-        optim = OptimConfig(steps=0, lr=self.stage2_lr, warmup_steps=20, seed=self.seed)
-        return paired_only(sum(self.phase_steps), optim, batch_size=self.batch_size)
+        return paired_only(sum(self.phase_steps), self._stage2_optim(), batch_size=self.batch_size)
+
+    def _stage2_optim(self) -> OptimConfig:
+        return OptimConfig(steps=0, lr=self.stage2_lr, warmup_steps=20, seed=self.seed)  # steps: set per phase
 
 
 # The demo's fixed scene sets, each seeded from the run's seed here and only here.
@@ -193,7 +194,10 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str = preset.TEACHER
     lap("evaluation", t0)
     seconds["evaluation"] += eval_seconds
 
-    model.save_pretrained(out / "model")
+    # The recipes that produced the final weights travel with them.
+    stage1_recipe = {k: v for k, v in stage1.items() if k != "log"}
+    training = {"stage1": stage1_recipe, "stage2": recipe_dict(cfg.stage2()), "n_pairs": cfg.n_pairs, "log": stage2_log}
+    model.save_pretrained(out / "model", training=training)
     metrics = {
         "teacher_attribute_accuracy": teacher_scores["attribute_accuracy"],
         "caption_exact": caption_scores["exact"],

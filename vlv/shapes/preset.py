@@ -51,7 +51,7 @@ def config(teacher: str | None = TEACHER, seed: int = 0) -> VLVConfig:
             ffn=256,
             vocab=64,
             image_token_id=63,
-        ),  # fmt: skip
+        ),
         image_size=64,  # 16-px scenes upsampled 4×: the DaViT's 32× reduction leaves one token per quadrant
         prompt_token_ids=(0, 5, 6, 7, 2),
         z_dim=128,
@@ -59,7 +59,7 @@ def config(teacher: str | None = TEACHER, seed: int = 0) -> VLVConfig:
     captioner = CaptionerConfig(
         arch=qwen2_arch(
             vocab=len(WORDS) + 4, width=128, layers=2, heads=4, kv_heads=2, mlp=256, max_position_embeddings=128
-        ),  # fmt: skip
+        ),
         vocabulary=WORDS,
         projector_hidden=256,
         max_caption_tokens=24,  # the longest caption has 17 words
