@@ -160,6 +160,8 @@ def test_a_reloaded_model_saves_a_self_contained_copy(tiny_config, images, tmp_p
     again = vlv.load(tmp_path / "b")
     assert torch.equal(again.reconstruct(images, steps=2), model.reconstruct(images, steps=2))
     assert again.caption(images) == model.caption(images)
+    vlv.load(tmp_path / "b").save_pretrained(tmp_path / "b")  # over itself, nothing built
+    assert vlv.load(tmp_path / "b").caption(images) == model.caption(images)
 
 
 def _tamper(path, edit):

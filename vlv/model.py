@@ -258,9 +258,10 @@ class VLV(nn.Module):
         if "caption_decoder" in self.parts:
             self.caption_decoder.tokenizer.save_pretrained(out / checkpoint.TOKENIZER_DIR)
         elif self._directory is not None and (self._directory / checkpoint.TOKENIZER_DIR).is_dir():
-            shutil.copytree(
-                self._directory / checkpoint.TOKENIZER_DIR, out / checkpoint.TOKENIZER_DIR, dirs_exist_ok=True
-            )
+            if out.resolve() != self._directory.resolve():  # (saving over its own checkpoint: already there)
+                shutil.copytree(
+                    self._directory / checkpoint.TOKENIZER_DIR, out / checkpoint.TOKENIZER_DIR, dirs_exist_ok=True
+                )
         stored = self.stored_parts()
         state = {}
         for part in PARTS:
