@@ -1,0 +1,37 @@
+"""The commands that produced the committed assets, at smoke size: what they write loads back as it should."""
+
+import json
+
+import torch
+
+import vlv
+from vlv.checkpoint import read_training
+from vlv.cli import main
+from vlv.diffusion import build_diffusion_decoder
+from vlv.shapes import preset
+from vlv.shapes.stage1 import recipe_of
+
+
+def test_train_encoder_writes_a_stage1_checkpoint(tmp_path, capsys):
+    out = tmp_path / "encoder"
+    args = ["shapes", "train-encoder", "--out", str(out), "--steps", "2", "--compose-steps", "1"]
+    assert main([*args, "--composition-pairs", "2"]) == 0
+    assert "held-out recovered" in capsys.readouterr().out
+    record = read_training(out)
+    recipe = recipe_of(record)
+    assert (recipe.plain.optim.steps, recipe.compose.optim.steps, recipe.composition_pairs) == (2, 1, 2)
+    assert [e["step"] for e in record["log"]] == [1, 2, 3] and record["log"][-1]["segment"] == "compose"
+    model = vlv.load(out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["weights"] == sorted(preset.STAGE1_PARTS)  # the encoder only: no caption decoder was built
+    assert model.resolved_source("teacher") == preset.TEACHER
+    assert model.embed(torch.rand(1, 3, 16, 16)).shape == (1, 77, 128)
+
+
+def test_train_teacher_writes_a_diffusers_teacher(tmp_path):
+    out = tmp_path / "teacher"
+    assert main(["shapes", "train-teacher", "--out", str(out), "--samples", "8", "--batch-size", "4"]) == 0
+    log = json.loads((out / "log.json").read_text())
+    assert [e["samples"] for e in log["log"]] == [8] and log["recipe"]["batch_size"] == 4
+    teacher = preset.config(teacher=str(out / "final")).teacher
+    assert list(build_diffusion_decoder(teacher, pretrained=True).unet.config.block_out_channels) == [32, 64, 64]
