@@ -13,7 +13,7 @@ from vlv.cli import main
 from vlv.loading import CheckpointMismatchError
 from vlv.model import VLV
 from vlv.shapes import preset
-from vlv.shapes.demo import DemoConfig, heldout_scenes
+from vlv.shapes.demo import DemoConfig, heldout_scenes, run_shapes_demo
 from vlv.shapes.evaluate import evaluate_captions
 from vlv.shapes.stage1 import STAGE1_COMMITTED, Stage1Probe, recipe_of
 
@@ -69,6 +69,19 @@ def test_the_saved_model_captions_as_the_demo_scored_it(quick_run):
         "caption_decoder.projector",
         "caption_decoder.llm",
     }
+
+
+def test_a_second_run_in_the_same_process_gives_the_same_metrics(quick_run, tmp_path):
+    """Same machine, same seed: every number equal (stage 1 is trained again here, not read from a cache)."""
+    _, metrics = quick_run
+    again = run_shapes_demo(tmp_path / "again", DemoConfig.quick())
+
+    def untimed(d):  # wall-clock times are the only numbers allowed to differ
+        return {k: untimed(v) if isinstance(v, dict) else v for k, v in d.items() if "seconds" not in k}
+
+    assert untimed(again) == untimed(metrics)
+    env = metrics["environment"]
+    assert env["threads"] == torch.get_num_threads() and env["torch"] == torch.__version__ and env["cpu"]
 
 
 def test_quick_demo_learns(quick_run):

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import copy
 import json
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from vlv.config import VLVConfig, derive_seed
@@ -132,6 +134,23 @@ def run_stage2(model: VLV, recipe: CaptionerRecipe, pairs: list[Scene], seed: in
     return train_captioner(model, pair_batches(pairs, recipe.batch_size, seed), recipe, **kwargs)
 
 
+def environment() -> dict:
+    """What a run's numbers depend on beyond the code and the seed: on one machine runs agree to the bit, across
+    machines (CPU model, thread count, torch build) the floating-point order differs and so do the last digits."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+    }
+
+
 def demo_config(cfg: DemoConfig, teacher: str) -> VLVConfig:
     return preset.config(teacher=teacher, seed=cfg.seed)
 
@@ -209,6 +228,7 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str = preset.TEACHER
         "n_pairs": cfg.n_pairs,
         "seconds_total": time.perf_counter() - start,
         "seconds_by_phase": seconds,
+        "environment": environment(),
         "details": {
             "reader_on_clean_heldout": reader_check,
             "teacher": teacher_scores,
