@@ -60,6 +60,8 @@ def test_vision_side_stays_in_eval_mode(tiny_config):
     model = VLV(tiny_config)
     model.set_trainable(STAGE1_PARTS)
     model.autoencoder().train()
+    # the frozen teacher too: no dropout in frozen parts, whatever the caller does (SD's CLIP has dropout settings)
+    assert not model.conditioner.text_encoder.training and not model.decoder.unet.training
     assert model.encoder.florence.language_model.training
     assert not model.encoder.florence.vision_tower.training
     assert not model.encoder.florence.multi_modal_projector.training
