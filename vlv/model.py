@@ -147,7 +147,7 @@ class VLV(nn.Module):
 
     def _load_stored(self, name: str, module: nn.Module) -> None:
         """Load this part's tensors from the checkpoint's model.safetensors (strictly), if it stores any."""
-        subparts = [s for s in self.config.weights if s.split(".")[0] == name]
+        subparts = _subparts_of(name, self.config.weights)
         if self._directory is None or not subparts:
             return
         found = checkpoint.read_tensors(self._directory, name + ".")
@@ -265,7 +265,7 @@ class VLV(nn.Module):
         stored = self.stored_parts()
         state = {}
         for part in PARTS:
-            subs = [s for s in stored if s.split(".")[0] == part]
+            subs = _subparts_of(part, stored)
             if not subs:
                 continue
             if part in self.parts:
@@ -287,9 +287,7 @@ class VLV(nn.Module):
         teacher: a diffusers folder (or hub id) to use instead of the checkpoint's own teacher.
         """
         d = Path(directory)
-        config = checkpoint.read_config(d)
-        if teacher is not None:
-            config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, source=str(teacher)))
+        config = _with_teacher(checkpoint.read_config(d), teacher)
         _check_weights(config, d)
         return cls(config, _directory=d)
 
@@ -297,6 +295,18 @@ class VLV(nn.Module):
 def _options(defaults, overrides: dict):
     """The default options with the overrides that are not None."""
     return dataclasses.replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _subparts_of(part: str, subparts) -> list[str]:
+    """The sub-parts (e.g. `encoder.queries`) among `subparts` that belong to `part` (e.g. `encoder`)."""
+    return [s for s in subparts if s.split(".")[0] == part]
+
+
+def _with_teacher(config: VLVConfig, teacher: str | None) -> VLVConfig:
+    """`config` with its teacher taken from `teacher` (a diffusers folder or hub id) when one is given."""
+    if teacher is None:
+        return config
+    return dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, source=str(teacher)))
 
 
 def _subpart_state(module: nn.Module, subparts: list[str]) -> dict[str, torch.Tensor]:
@@ -315,7 +325,7 @@ def _check_weights(config: VLVConfig, directory: Path) -> None:
         probe = VLV(config, pretrained=False)
         expected = {}
         for part in PARTS:
-            subs = [s for s in config.weights if s.split(".")[0] == part]
+            subs = _subparts_of(part, config.weights)
             if subs:
                 expected.update({f"{part}.{k}": v for k, v in _subpart_state(probe.part(part), subs).items()})
     fake = {k: torch.empty(shape, device="meta") for k, shape in found.items()}
@@ -338,10 +348,7 @@ def load(
     if os.path.isdir(name_or_directory):
         model = VLV.from_pretrained(name_or_directory, teacher=teacher)
     elif isinstance(name_or_directory, str) and "/" not in name_or_directory and os.sep not in name_or_directory:
-        config = preset(name_or_directory)
-        if teacher is not None:
-            config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, source=str(teacher)))
-        model = VLV(config)
+        model = VLV(_with_teacher(preset(name_or_directory), teacher))
     else:
         raise FileNotFoundError(f"no VLV checkpoint directory at {name_or_directory}")
     return model.to(device=device, dtype=dtype).eval()

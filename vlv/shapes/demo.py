@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vlv.config import VLVConfig, derive_seed
+from vlv.config import derive_seed
 from vlv.model import VLV
 from vlv.shapes import preset
 from vlv.shapes.evaluate import evaluate_captions, evaluate_composition, evaluate_reconstruction, evaluate_teacher
@@ -151,10 +151,6 @@ def environment() -> dict:
     }
 
 
-def demo_config(cfg: DemoConfig, teacher: str) -> VLVConfig:
-    return preset.config(teacher=teacher, seed=cfg.seed)
-
-
 def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str = preset.TEACHER, ablations: bool = False) -> dict:
     """The whole demo; returns metrics.json's content. ablations: also run `run_ablations` (up to an hour)."""
     from vlv.shapes.ablations import run_ablations
@@ -162,7 +158,7 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str = preset.TEACHER
 
     start, seconds = time.perf_counter(), {}
     out.mkdir(parents=True, exist_ok=True)
-    base = demo_config(cfg, teacher)
+    base = preset.config(teacher=teacher, seed=cfg.seed)
 
     def lap(name: str, t0: float) -> None:
         seconds[name] = time.perf_counter() - t0

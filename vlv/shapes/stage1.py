@@ -83,18 +83,19 @@ class Stage1Probe:
     """The held-out probe: share of the caption's gain recovered by z, and by the spliced z of two images."""
 
     def __init__(self, model: VLV, seed: int):
-        self.scenes, self.triples = probe_scenes(seed), probe_triples(seed)
-        self.unions = [u for *_, u in self.triples]
+        scenes, triples = probe_scenes(seed), probe_triples(seed)
+        unions = [u for *_, u in triples]
+        # The fixed probe images, rendered once; the references are constant for a frozen teacher: computed once.
+        self.images, self.unions = renders(scenes), renders(unions)
+        self.sources = torch.stack([renders([a, b]) for a, b, _ in triples])  # (P, 2, 3, S, S)
         parts = (model.conditioner, model.decoder)
-        # Constant for a frozen teacher: computed once.
-        self.references = prompt_losses(*parts, renders(self.scenes), [s.caption for s in self.scenes])
-        self.union_references = prompt_losses(*parts, renders(self.unions), [u.caption for u in self.unions])
+        self.references = prompt_losses(*parts, self.images, [s.caption for s in scenes])
+        self.union_references = prompt_losses(*parts, self.unions, [u.caption for u in unions])
 
     def __call__(self, model: VLV) -> dict:
-        sources = torch.stack([renders([a, b]) for a, b, _ in self.triples])
         return {
-            **caption_gain_share(model, renders(self.scenes), self.references),
-            **composition_gain_share(model, sources, renders(self.unions), self.union_references),
+            **caption_gain_share(model, self.images, self.references),
+            **composition_gain_share(model, self.sources, self.unions, self.union_references),
         }
 
 

@@ -10,6 +10,7 @@ than train it. It trains through the same loop as VLV (`vlv.train.Trainer`), wit
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,8 +100,7 @@ def train_teacher(out: Path, recipe: TeacherRecipe, *, config: TeacherConfig | N
             build_diffusion_decoder(config, pretrained=False),
             recipe.caption_dropout,
         )
-    optim = OptimConfig(**{**asdict(recipe.optim), "seed": seed})
-    trainer = Trainer(model, optim, desc="teacher")
+    trainer = Trainer(model, dataclasses.replace(recipe.optim, seed=seed), desc="teacher")
     snapshots = []
 
     def ema_teacher() -> TextToImage:
