@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from vlv.train import (
     train_captioner,
     warmup_cosine,
 )
+from vlv.train.loop import MAX_NONFINITE
 from vlv.train.recipes import BASELINE_PARTS, PHASE_PARTS
 
 CAPTIONS = ["a red circle", "a blue square at the top"]
@@ -148,12 +151,25 @@ def test_stage_two_phases_train_what_they_should(tiny_config, images):
     assert paired_only(9, OptimConfig(steps=0)).phases[0].trainable == BASELINE_PARTS
 
 
-def test_a_nan_loss_stops_training_with_a_clear_error(tiny_config):
+def test_non_finite_losses_in_a_row_stop_training_with_a_clear_error(tiny_config):
     model = VLV(tiny_config)
     nan_images = torch.full((2, 3, 16, 16), float("nan"))
-    recipe = AutoencoderRecipe(OptimConfig(steps=3))
-    with pytest.raises(FloatingPointError, match="stage 1: loss is nan at step 0"):
+    recipe = AutoencoderRecipe(OptimConfig(steps=20))
+    with pytest.raises(FloatingPointError, match=f"stage 1: loss or gradient non-finite for {MAX_NONFINITE} steps"):
         train_autoencoder(model, lambda step: {"images": nan_images}, recipe, log_every=1)
+
+
+def test_a_non_finite_step_is_skipped_and_training_goes_on(tiny_config, images):
+    model = VLV(tiny_config)
+    model.set_trainable(["encoder.queries"])
+    trainer = Trainer(model.autoencoder(), OptimConfig(steps=4, lr=1e-2))
+    nan_images = torch.full_like(images, float("nan"))
+    before = model.encoder.queries.detach().clone()
+    assert math.isnan(trainer.train_step({"images": nan_images}))
+    assert torch.equal(model.encoder.queries, before) and trainer.step == 1  # no update, but the step counts
+    log = trainer.run(lambda step: {"images": images}, log_every=1)
+    assert not torch.equal(model.encoder.queries, before) and all(math.isfinite(e["loss"]) for e in log)
+    assert trainer.nonfinite == 0
 
 
 def test_nothing_to_train_is_a_clear_error(tiny_config):

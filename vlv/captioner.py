@@ -45,6 +45,13 @@ class CaptionDecoder(nn.Module):
         self.projector.requires_grad_("projector" in parts)
         self.llm.requires_grad_("llm" in parts)
 
+    def train(self, mode: bool = True) -> CaptionDecoder:
+        super().train(mode)
+        if not any(p.requires_grad for p in self.llm.parameters()):
+            # A frozen LLM (progressive phase 1) stays in eval mode: no dropout noise while ψ learns from it.
+            self.llm.eval()
+        return self
+
     @property
     def pad_id(self) -> int:
         tok = self.tokenizer

@@ -6,10 +6,14 @@
 They hold the very part modules of a `VLV` (nothing is copied), so training a composition trains the model. Because
 each is an ordinary module whose forward returns the loss, DDP / accelerate wrap them as they are; only the
 parameters a stage trains require grad (see `VLV.set_trainable`). Randomness (noise, timesteps, VAE sampling) comes
-from the global torch RNG, which the training loop saves and restores.
+from the global torch RNG, which the training loop saves and restores — or, when the batch carries `seeds`, from
+one generator per image, so that an image draws the same noise however the global batch is split across processes
+and micro-batches (what makes a 2-process run equal a 1-process run).
 
 A batch is a dict: `images` (B, 3, H, W) in [0, 1] always; `captions` (list of B strings) for the captioner;
-optionally `sources` (P, 2, 3, H, W) and `composites` (P, 3, H, W) for the auto-encoder's composition term.
+optionally `seeds` (B,) int64, `moments` (B, 2C, h, w) — the VAE posterior of each image from a latent cache, so
+the VAE does not run — and `sources` (P, 2, 3, H, W) with `composites` (P, 3, H, W) for the auto-encoder's
+composition term.
 """
 
 from __future__ import annotations
@@ -58,6 +62,41 @@ class Autoencoder(nn.Module):
         self.noises_per_image = noises_per_image
 
     def forward(self, batch: dict) -> torch.Tensor:
+        if "seeds" in batch or "moments" in batch:
+            return self._seeded_loss(batch)
+        return self._loss(batch)
+
+    def _seeded_loss(self, batch: dict) -> torch.Tensor:
+        """The plain loss with each image's randomness drawn from its own seed, from cached moments when given."""
+        if "composites" in batch:
+            raise ValueError("per-image seeds and cached latents do not support the composition term")
+        images = batch["images"]
+        K, dec = self.noises_per_image, self.decoder
+        if "seeds" not in batch:
+            raise ValueError("a batch with cached `moments` needs per-image `seeds` to draw its latents")
+        moments = batch.get("moments")
+        if moments is None and dec.vae is not None:
+            with torch.no_grad():
+                moments = dec.encode_moments(to_batch(images, dec.cfg.image_size))  # (B, 2C, h, w)
+        shape = (moments.shape[1] // 2, *moments.shape[2:]) if moments is not None else (3,) + (dec.cfg.image_size,) * 2
+        T = dec.scheduler.config.num_train_timesteps
+        vae_noise, noise, t = [], [], []
+        for seed in batch["seeds"].tolist():
+            g = torch.Generator().manual_seed(int(seed))  # drawn on the CPU: the same numbers on every device
+            vae_noise.append(torch.randn(shape, generator=g))
+            for _ in range(K):
+                t.append(torch.randint(0, T, (), generator=g))
+                noise.append(torch.randn(shape, generator=g))
+        device = images.device
+        if moments is not None:
+            latents = dec.latents_from_moments(moments.to(device), torch.stack(vae_noise).to(device))
+        else:
+            latents = dec.encode_images(to_batch(images, dec.cfg.image_size))  # pixel space: deterministic
+        c = self.conditioner(self.encoder(images))  # (B, 77, D)
+        latents, c = latents.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (B·K, ...)
+        return dec.denoising_loss(latents, c, noise=torch.stack(noise).to(device), t=torch.stack(t).to(device))
+
+    def _loss(self, batch: dict) -> torch.Tensor:
         """The composition term (optional, still images only): the spliced z of each source pair
         (`compose_embeddings`) must condition the denoising of the pair's composite image, which teaches the encoder
         to keep each image's content in its leading tokens. Every noisy sample, plain or composite, weighs the same.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
 from vlv.config import SampleOptions, TeacherConfig
@@ -54,6 +55,18 @@ class DiffusionDecoder(nn.Module):
         dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
         return dist.sample(generator) * self.cfg.latent_scale
 
+    def encode_moments(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, 3, S, S) in [0, 1] → the VAE posterior's mean and log-variance, (B, 2C, h, w): all a latent
+        cache needs to draw the same latents later (`latents_from_moments`)."""
+        if self.vae is None:
+            raise ValueError("this teacher works in pixel space: it has no VAE latents to encode")
+        return self.vae.encode((images * 2 - 1).to(self.vae.dtype)).latent_dist.parameters
+
+    def latents_from_moments(self, moments: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """A latent sample mean + std · noise from cached moments (B, 2C, h, w), scaled as `encode_images`."""
+        dist = DiagonalGaussianDistribution(moments.float())
+        return (dist.mean + dist.std * noise) * self.cfg.latent_scale
+
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (B, C, h, w) → images (B, 3, S, S) in [0, 1]."""
         if self.vae is not None:
@@ -63,18 +76,27 @@ class DiffusionDecoder(nn.Module):
     # ----- training ----------------------------------------------------------------------------------------
 
     def denoising_loss(
-        self, latents: torch.Tensor, c: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        latents: torch.Tensor,
+        c: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        noise: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Plain diffusion loss of the frozen UNet conditioned on c; gradients reach c (and through it z).
 
         latents: (B, C, h, w); c: (B, 77, D). t ~ U{0..T-1} and fresh noise per sample, drawn from `generator`
-        (the global torch RNG when None, which the training loop saves and restores).
+        (the global torch RNG when None, which the training loop saves and restores) unless given as `noise`
+        (B, C, h, w) and `t` (B,).
         The regression target is ε or v, whichever the teacher's scheduler was trained to predict.
         """
         B = latents.shape[0]
         T = self.scheduler.config.num_train_timesteps
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        t = torch.randint(0, T, (B,), generator=generator, device=latents.device)
+        if noise is None:
+            noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        if t is None:
+            t = torch.randint(0, T, (B,), generator=generator, device=latents.device)
         noisy = self.scheduler.add_noise(latents, noise, t)
         prediction_type = self.scheduler.config.prediction_type
         if prediction_type == "epsilon":

@@ -76,6 +76,9 @@ class VLVEncoder(nn.Module):
             # A frozen vision side stays in eval mode (no drop-path noise) whatever the caller does.
             self.florence.vision_tower.eval()
             self.florence.multi_modal_projector.eval()
+        if not any(p.requires_grad for p in self.florence.language_model.parameters()):
+            # A frozen BART likewise: its dropout (0.1 in Florence-2-large) would only add noise to what trains.
+            self.florence.language_model.eval()
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,21 @@
 """The one training loop: stage 1, each stage-2 phase, the paired-only baseline and the shapes teacher all run here.
 
 `Trainer` trains any module whose `forward(batch)` returns a scalar loss (the compositions of `vlv.compositions`),
-over the parameters that require grad. It owns the optimizer (AdamW), the schedule (linear warmup, then cosine
-decay to zero over exactly the run's steps — the official release set its cosine period to 20k steps of a 200k-step
-run, so its learning rate cycled), gradient clipping, an optional EMA of the trained weights, the NaN guard and the
-log. Its whole state — trained weights, optimizer, EMA, step, log and every RNG — is one `state_dict()` that
-`load_state_dict` restores: a run saved mid-way and continued gives the same weights, bit for bit, as the
-uninterrupted run, provided the data is a function of the step (`batches(step)`).
+over the parameters that require grad. It owns the optimizer (AdamW), the schedule (linear warmup, then cosine or
+linear decay to zero over exactly the run's steps — the official release set its cosine period to 20k steps of a
+200k-step run, so its learning rate cycled), gradient accumulation, gradient clipping, an optional EMA of the trained
+weights, the non-finite guard and the log. Its whole state — trained weights, optimizer, EMA, step, log and every
+RNG — is one `state_dict()` that `load_state_dict` restores: a run saved mid-way and continued gives the same
+weights, bit for bit, as the uninterrupted run, provided the data is a function of the step (`batches(step)`).
+
+Given an `accelerate.Accelerator`, the same loop runs under DDP (or any engine accelerate is configured for) and
+mixed precision: the model and optimizer are prepared by accelerate, micro-batches before the last skip the gradient
+all-reduce, and the forward runs under the accelerator's autocast while the trained weights stay fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -35,16 +40,25 @@ class OptimConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
+    schedule: str = "cosine"  # decay after warmup: "cosine" (paper stage 1) or "linear" (paper stage 2)
     ema_decay: float | None = None  # keep an exponential moving average of the trained weights (None: no EMA)
     seed: int = 0  # seeds every RNG (torch, numpy, python) when the run starts: noise, timesteps, dropout
 
 
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """Learning-rate factor: linear warmup over `warmup` steps, then cosine decay to zero at step `total`."""
+SCHEDULES = ("cosine", "linear")
+MAX_NONFINITE = 5  # consecutive non-finite steps before a run gives up
+
+
+def warmup_cosine(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
+    """Learning-rate factor: linear warmup over `warmup` steps, then cosine (or linear) decay to zero at `total`."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule != "cosine":
+        raise ValueError(f"unknown learning-rate schedule '{schedule}'; choose one of {SCHEDULES}")
+    return 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def seed_everything(seed: int) -> None:
@@ -54,7 +68,13 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG of this process, as tensors, lists and numbers only (loadable with `torch.load(weights_only=True)`)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -62,50 +82,92 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Trainer:
-    """Trains `model` (forward(batch) → loss) over its parameters that require grad."""
+    """Trains `model` (forward(batch) → loss) over its parameters that require grad.
 
-    def __init__(self, model: nn.Module, cfg: OptimConfig, *, desc: str = "train"):
-        self.model, self.cfg, self.desc = model, cfg, desc
+    accelerator: an `accelerate.Accelerator` to run under (DDP, mixed precision); None trains in this process as is.
+    """
+
+    def __init__(self, model: nn.Module, cfg: OptimConfig, *, desc: str = "train", accelerator=None):
+        self.cfg, self.desc, self.accelerator = cfg, desc, accelerator
         self.params = {name: p for name, p in model.named_parameters() if p.requires_grad}
         if not self.params:
             raise ValueError(f"{desc}: nothing to train (no parameter requires grad; see VLV.set_trainable)")
+        low = sorted(n for n, p in self.params.items() if p.dtype != torch.float32)
+        if low:
+            # AdamW steps at the paper's learning rates are below bf16 resolution: such weights would never move.
+            raise ValueError(f"{desc}: trained weights must be float32 (master weights), got {low[:3]}; "
+                             "see VLV.set_trainable, which keeps them float32")  # fmt: skip
         self.optimizer = torch.optim.AdamW(
             self.params.values(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
+        self.model = model
+        if accelerator is not None:
+            self.model, self.optimizer = accelerator.prepare(model, self.optimizer)
         self.ema = {n: p.detach().clone() for n, p in self.params.items()} if cfg.ema_decay is not None else None
         self.step = 0
         self.log: list[dict] = []
+        self.nonfinite = 0  # consecutive steps skipped for a non-finite loss or gradient
         self._running: list[float] = []  # losses since the last log entry
         self._seconds = 0.0  # training time before this process (a restored run keeps counting)
         seed_everything(cfg.seed)
 
     @property
     def lr(self) -> float:
-        return self.cfg.lr * warmup_cosine(self.step, self.cfg.steps, self.cfg.warmup_steps)
+        return self.cfg.lr * warmup_cosine(self.step, self.cfg.steps, self.cfg.warmup_steps, self.cfg.schedule)
 
     def train_step(self, batch) -> float:
-        """One optimizer step on `batch`; returns the loss. A non-finite loss stops the run with a clear error."""
+        """One optimizer step on `batch` — or on a list of micro-batches whose gradients add up (each loss weighted
+        by 1 / their number). Returns the loss (averaged over processes under an accelerator).
+
+        A non-finite loss or gradient skips the update (the step still counts, so the data moves on); after
+        `MAX_NONFINITE` such steps in a row the run stops with a clear error, leaving saved checkpoints as they are.
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
-        loss = self.model(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{self.desc}: loss is {loss.item()} at step {self.step}")
+        micro = batch if isinstance(batch, list) else [batch]
+        acc = self.accelerator
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.cfg.grad_clip)
+        total = torch.zeros((), device=next(iter(self.params.values())).device)
+        for i, mb in enumerate(micro):
+            # Only the last micro-batch all-reduces gradients across processes.
+            sync = i == len(micro) - 1 or acc is None
+            with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+                loss = self.model(mb) / len(micro)
+                if acc is None:
+                    loss.backward()
+                else:
+                    acc.backward(loss)
+            total += loss.detach().float()
+        if acc is None:
+            norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.cfg.grad_clip)
+        else:
+            total = acc.reduce(total, reduction="mean")
+            norm = acc.clip_grad_norm_(list(self.params.values()), self.cfg.grad_clip)
+        self.step += 1
+        if not (torch.isfinite(total) and torch.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite += 1
+            if self.nonfinite >= MAX_NONFINITE:
+                raise FloatingPointError(
+                    f"{self.desc}: loss or gradient non-finite for {self.nonfinite} steps in a row "
+                    f"(last: loss {total.item()} at step {self.step - 1}); stopping"
+                )
+            return float("nan")
+        self.nonfinite = 0
         self.optimizer.step()
         if self.ema is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(list(self.ema.values()), list(self.params.values()), 1 - self.cfg.ema_decay)
-        self.step += 1
-        return loss.item()
+        return total.item()
 
     def run(
         self,
@@ -114,30 +176,46 @@ class Trainer:
         until: int | None = None,
         log_every: int = 50,
         on_log: Callable[[dict], None] | None = None,
+        on_step: Callable[[], None] | None = None,
+        samples_per_step: int | None = None,
     ) -> list[dict]:
         """Train from the current step to `until` (default: the end of the run) on `batches(step)`.
 
-        Every `log_every` steps (and at the last step) a log entry {step, loss (mean since the last entry), lr,
-        seconds} is appended; `on_log(entry)` may add to it (e.g. held-out probes). Returns the whole log.
+        Every `log_every` steps (and at the last step) a log entry {step, loss (mean of the finite losses since the
+        last entry), lr, seconds, skipped (non-finite steps)} is appended; `on_log(entry)` may add to it (e.g.
+        held-out probes). `on_step()` runs after every step (e.g. to save a checkpoint). samples_per_step: shown
+        as samples/s on the progress bar. Returns the whole log.
         """
         until = self.cfg.steps if until is None else until
         start = time.perf_counter() - self._seconds
         self.model.train()
-        bar = tqdm(total=until, initial=self.step, desc=self.desc, unit="step")
+        main = self.accelerator is None or self.accelerator.is_main_process
+        bar = tqdm(total=until, initial=self.step, desc=self.desc, unit="step", disable=not main)
+        tick, tick_step = time.perf_counter(), self.step
         while self.step < until:
             lr = self.lr
             self._running.append(self.train_step(batches(self.step)))
             bar.update(1)
             if self.step % log_every == 0 or self.step == self.cfg.steps:
                 self._seconds = time.perf_counter() - start
-                entry = {"step": self.step, "loss": sum(self._running) / len(self._running), "lr": lr}
+                finite = [x for x in self._running if math.isfinite(x)]
+                entry = {"step": self.step, "loss": sum(finite) / len(finite) if finite else float("nan"), "lr": lr}
                 entry["seconds"] = self._seconds
+                if len(finite) < len(self._running):
+                    entry["skipped"] = len(self._running) - len(finite)
                 self._running = []
                 if on_log is not None:
                     on_log(entry)
                     self.model.train()
                 self.log.append(entry)
-                bar.set_postfix(loss=f"{entry['loss']:.4f}")
+                postfix = {"loss": f"{entry['loss']:.4f}", "lr": f"{lr:.2e}"}
+                if samples_per_step:
+                    now = time.perf_counter()
+                    postfix["samples/s"] = f"{samples_per_step * (self.step - tick_step) / (now - tick):.1f}"
+                    tick, tick_step = now, self.step
+                bar.set_postfix(postfix)
+            if on_step is not None:
+                on_step()
         bar.close()
         self._seconds = time.perf_counter() - start
         self.model.eval()
@@ -161,6 +239,7 @@ class Trainer:
                 "log": self.log,
                 "running": self._running,
                 "seconds": self._seconds,
+                "nonfinite": self.nonfinite,
             }
         )
 
@@ -181,4 +260,5 @@ class Trainer:
         self.step = state["step"]
         self.log, self._running = copy.deepcopy(state["log"]), list(state["running"])
         self._seconds = state["seconds"]
+        self.nonfinite = state.get("nonfinite", 0)
         set_rng_state(state["rng"])
