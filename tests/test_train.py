@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -185,3 +186,49 @@ def test_ema_follows_the_weights(tiny_config, images):
     trainer.run(_batches(images))
     ema = trainer.ema_state()["encoder.queries"]
     assert not torch.equal(ema, start) and not torch.equal(ema, model.encoder.queries)
+
+
+def test_a_bf16_autocast_step_at_lr_1e5_moves_every_trained_weight(tiny_config, images):
+    """Trained weights stay fp32 master weights in a bf16 model: a 1e-5 AdamW step on a bf16 weight near 1.0 (a
+    LayerNorm gain) or 0.02 (a query) would be below bf16's resolution and vanish."""
+    model = VLV(tiny_config).to(dtype=torch.bfloat16)
+    model.set_trainable(STAGE1_PARTS)
+    composition = model.autoencoder()
+    trained = {n: p for n, p in composition.named_parameters() if p.requires_grad}
+    assert {p.dtype for p in trained.values()} == {torch.float32}
+    assert model.decoder.unet.dtype == torch.bfloat16  # frozen parts keep the model's dtype
+    before = {n: p.detach().clone() for n, p in trained.items()}
+    trainer = Trainer(composition, OptimConfig(steps=1, lr=1e-5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = trainer.train_step({"images": images})
+    assert math.isfinite(loss)
+    unchanged = [n for n, p in trained.items() if torch.equal(p, before[n])]
+    assert unchanged == []
+    # The same step on bf16 weights: most LayerNorm gains (1.0) would not move at all.
+    gain = before["encoder.florence.language_model.encoder.layernorm_embedding.weight"]
+    assert torch.equal((gain.bfloat16() - 1e-5).float(), gain.bfloat16().float())
+
+
+def test_the_loop_refuses_to_train_bf16_weights(tiny_config):
+    model = VLV(tiny_config)
+    model.set_trainable(["encoder.queries"])
+    model.encoder.queries.data = model.encoder.queries.data.bfloat16()
+    with pytest.raises(ValueError, match="must be float32"):
+        Trainer(model.autoencoder(), OptimConfig(steps=1))
+
+
+def test_frozen_bart_and_llm_stay_in_eval_mode_while_others_train(tiny_config, images):
+    """Florence-2-large's BART has dropout 0.1: frozen (progressive phases 1–2), it must not add noise."""
+    arch = {**tiny_config.encoder.arch, "text_config": {**tiny_config.encoder.arch["text_config"], "dropout": 0.5}}
+    config = dataclasses.replace(tiny_config, encoder=dataclasses.replace(tiny_config.encoder, arch=arch))
+    model = VLV(config)
+    batch = {"images": images, "captions": CAPTIONS}
+    for phase, bart_trains, llm_trains in (("mlp", False, False), ("llm", False, True), ("encoder", True, True)):
+        model.set_trainable(PHASE_PARTS[phase])
+        composition = model.captioner().train()
+        assert model.encoder.florence.language_model.training == bart_trains
+        assert model.caption_decoder.llm.training == llm_trains
+        assert model.caption_decoder.projector.training
+        if not bart_trains:  # no dropout noise: two passes agree
+            assert torch.equal(composition(batch), composition(batch))
+    assert not torch.equal(composition(batch), composition(batch))  # BART trains: its dropout is on

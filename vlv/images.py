@@ -1,41 +1,120 @@
-"""Image input handling: PIL images, file paths or tensors → one float batch (B, 3, S, S) in [0, 1].
+"""The one image transform of vlv, shared by training data and inference inputs.
 
-Preprocessing follows the paper's training data path: resize the short side to S, then center-crop S × S.
+`decode_image` turns file bytes into an RGB PIL image, or raises `UnreadableImage` with a short reason (the data
+stream skips and reports such files); `preprocess` resizes the short side to S (bicubic) and center-crops S × S,
+the paper's training data path. `to_batch` runs the same two functions on inference inputs, so that a model sees
+at inference exactly the pixels it was trained on: `to_batch([path], S) == preprocess(decode_image(path), S) / 255`.
 """
 
 from __future__ import annotations
 
+import io
+import warnings
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageInput = Image.Image | str | PathLike | torch.Tensor
 
+# Larger images are rejected from their header, before any pixel is decoded (a decompression bomb declares a huge
+# size in a few bytes). 8192² is far above any training resolution and below PIL's own limit
+# (`Image.MAX_IMAGE_PIXELS`, ≈ 89 M), so PIL's check fires first only if a caller raises `max_pixels` above it.
+MAX_PIXELS = 2**26
+_SIXTEEN_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+class UnreadableImage(ValueError):
+    """An image file that cannot be used; `reason` says why in a few words."""
+
+    def __init__(self, reason: str, name: str | None = None):
+        super().__init__(f"cannot read image {name}: {reason}" if name else reason)
+        self.reason = reason
+
+
+def decode_image(data: bytes | str | PathLike, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """File bytes or a path → an RGB image (first frame, EXIF orientation applied, transparency on white).
+
+    Raises `UnreadableImage` for an empty file, a file that is not an image, a truncated or corrupt one, or one
+    declaring more than `max_pixels` pixels; `FileNotFoundError` for a path that does not exist.
+    """
+    name = None
+    if isinstance(data, (str, PathLike)):
+        name = str(data)
+        if not Path(data).is_file():
+            raise FileNotFoundError(f"image file not found: {name}")
+        data = Path(data).read_bytes()
+    if not data:
+        raise UnreadableImage("empty file", name)
+    # Decode with DecompressionBombWarning as an error, locally: PIL only warns between its limit and twice it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise UnreadableImage("not an image", name) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise UnreadableImage(f"decompression bomb ({e})", name) from None
+        except Exception as e:  # a corrupt header can make a PIL plugin raise almost anything
+            raise UnreadableImage(_failure(e, "corrupt header"), name) from None
+        w, h = im.size
+        if w * h > max_pixels:
+            raise UnreadableImage(f"too large: {w}×{h} pixels exceed max_pixels={max_pixels}", name)
+        try:
+            im.load()  # decode every pixel now: a truncated file fails here rather than in a later resize
+            ImageOps.exif_transpose(im, in_place=True)
+            return _to_rgb(im)
+        except Image.DecompressionBombWarning as e:
+            raise UnreadableImage(f"decompression bomb ({e})", name) from None
+        except Exception as e:
+            raise UnreadableImage(_failure(e, "corrupt"), name) from None
+
+
+def _failure(e: Exception, what: str) -> str:
+    """A short reason for a decoding exception: PIL says "truncated" in several spellings."""
+    return "truncated" if "truncated" in str(e).lower() else f"{what} ({type(e).__name__}: {e})"
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode → RGB, with the conversions PIL's plain `convert("RGB")` gets wrong done by hand."""
+    if im.mode == "RGB" and "transparency" not in im.info:
+        return im
+    if im.mode in _SIXTEEN_BIT:
+        # PIL converts 16-bit gray to 8 bits by clipping at 255 (almost everything turns white): scale instead.
+        # Mode "I" is read as 16-bit data too: it is what 16-bit PNG / TIFF grayscale opens as in older PILs.
+        arr = np.asarray(im).astype(np.float64).clip(0, 65535) * (255 / 65535)
+        return Image.fromarray(arr.round().astype(np.uint8)).convert("RGB")
+    if im.mode in _ALPHA or "transparency" in im.info:
+        # Transparent pixels often hold black (or garbage) color: composite on white, as a viewer shows them.
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr
+
+
+def _resize_crop(im: Image.Image, size: int) -> np.ndarray:
+    """The center square of `im`, resized to size × size (bicubic, antialiased) → uint8 (S, S, 3).
+
+    Resampling only the center square (PIL's `box`) equals resizing the short side to S and then cropping, but its
+    cost stays bounded by S² however extreme the aspect ratio (a 100000 × 1 strip would otherwise grow to S·10⁵ × S).
+    """
+    w, h = im.size
+    side = min(w, h)
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    return np.asarray(_to_rgb(im).resize((size, size), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)
+
+
+def preprocess(im: Image.Image, size: int) -> torch.Tensor:
+    """A PIL image → uint8 (3, S, S): resize the short side to S, center-crop (the training data transform)."""
+    return torch.from_numpy(_resize_crop(im, size).copy()).permute(2, 0, 1)  # (3, S, S)
+
 
 def open_image(path: str | PathLike) -> Image.Image:
-    """Open an image file as RGB, with an error that names the file when it is missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
-
-
-def _resize_crop_pil(im: Image.Image, size: int) -> torch.Tensor:
-    w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    im = im.convert("RGB").resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    im = im.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
+    """Open an image file as RGB (see `decode_image`), with an error that names the file."""
+    return decode_image(path)
 
 
 def _resize_crop_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -68,7 +147,7 @@ def to_batch(images: ImageInput | list, size: int) -> torch.Tensor:
             im = open_image(im)
         elif not isinstance(im, Image.Image):
             raise TypeError(f"expected a PIL image, a path or a tensor, got {type(im).__name__}")
-        out.append(_resize_crop_pil(im, size))
+        out.append(preprocess(im, size).float() / 255)  # the training transform, as floats in [0, 1]
     return torch.stack(out)
 
 

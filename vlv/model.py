@@ -102,6 +102,8 @@ class VLV(nn.Module):
                 dtype = self._anchor.dtype if self._anchor.dtype != torch.float32 else None
                 module = module.to(device=self._anchor.device, dtype=dtype)
             self.parts[name] = module
+            if getattr(self, "_gradient_checkpointing", False):  # a part built after `set_gradient_checkpointing(True)`
+                self.set_gradient_checkpointing(True)
         return self.parts[name]
 
     def resolved_source(self, section: str) -> str | None:
@@ -161,7 +163,8 @@ class VLV(nn.Module):
     def set_trainable(self, parts: tuple[str, ...] | list[str]) -> None:
         """Train exactly these sub-parts (names in `TRAINABLE`, e.g. `encoder.language_model`); freeze the rest.
 
-        A sub-part that trains once is saved by `save_pretrained` from then on, whatever trains later.
+        Trained weights become float32 whatever the model's dtype (frozen parts keep theirs, e.g. bf16). A sub-part
+        that trains once is saved by `save_pretrained` from then on, whatever trains later.
         """
         unknown = set(parts) - set(TRAINABLE)
         if unknown:
@@ -170,7 +173,22 @@ class VLV(nn.Module):
             mine = [p.split(".", 1)[1] for p in parts if p.startswith(name + ".")]
             if mine or name in self.parts:
                 self.part(name).set_trainable(mine)
+                for p in self.parts[name].parameters():
+                    if p.requires_grad and p.dtype != torch.float32:
+                        # Trained weights are fp32 master weights even in a bf16 model: an AdamW step at lr 1e-5
+                        # on a bf16 weight near 1.0 is below its resolution and would be lost. The forward then
+                        # needs autocast (the training driver's mixed precision) to mix the two dtypes.
+                        p.data = p.data.float()
         self._trained |= set(parts)
+
+    def cast_untrained(self, dtype: torch.dtype, *, keep: set[str] | tuple[str, ...] = ()) -> None:
+        """Store the built parts' weights in `dtype` (e.g. bf16 for mixed-precision training), except those of the
+        sub-parts in `keep` (names in `TRAINABLE`) and any that train now, which stay fp32 master weights."""
+        for name, module in self.parts.items():
+            prefixes = tuple(p for sub in keep if sub.split(".")[0] == name for p in TRAINABLE[sub])
+            for key, param in module.named_parameters():
+                if not param.requires_grad and not (prefixes and key.startswith(prefixes)):
+                    param.data = param.data.to(dtype)
 
     def autoencoder(self, *, noises_per_image: int = 1) -> Autoencoder:
         """The stage-1 composition over this model's parts (encoder, conditioner, decoder)."""
@@ -179,6 +197,33 @@ class VLV(nn.Module):
     def captioner(self) -> Captioner:
         """The stage-2 composition over this model's parts (encoder, conditioner, caption decoder)."""
         return Captioner(self.encoder, self.conditioner, self.caption_decoder)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute activations during backward instead of keeping them from the forward, in the big networks on
+        the gradient path: the teacher UNet, the encoder's BART and the LLM. Gradients are unchanged; a step costs
+        about one more forward. Applies to the parts built so far and to those built later.
+
+        The frozen UNet is checkpointed in eval mode too: diffusers 0.42 checkpoints its blocks whenever grad is
+        enabled. transformers checkpoints a layer only in training mode, so a frozen BART or LLM, which the encoder
+        and the caption decoder keep in eval mode, runs without it. The CLIP text encoder is not checkpointed.
+        """
+        self._gradient_checkpointing = enabled
+        if "decoder" in self.parts:
+            if enabled:
+                self.decoder.unet.enable_gradient_checkpointing()
+            else:
+                self.decoder.unet.disable_gradient_checkpointing()
+        networks = [self.encoder.florence.language_model] if "encoder" in self.parts else []
+        networks += [self.caption_decoder.llm] if "caption_decoder" in self.parts else []
+        for network in networks:
+            if enabled:
+                # Non-reentrant checkpointing carries gradients to parameters even when no input requires grad.
+                network.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                # So the hook transformers adds to make the input embeddings require grad (which only reentrant
+                # checkpointing needs) goes: it would also make inference outputs require grad.
+                network.disable_input_require_grads()
+            else:
+                network.activation_checkpointing_disable()
 
     # ----- inference API -------------------------------------------------------------------------------------
 

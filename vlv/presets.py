@@ -182,6 +182,76 @@ def tiny() -> VLVConfig:
     )
 
 
+def small() -> VLVConfig:
+    """The paper's block structure (DaViT depths 1-1-9-1, SD 2.x UNet and VAE layouts, Qwen2) at small width, on
+    128-px images with a VAE: a stage-1 step takes well under a second on a CPU, with the VAE, UNet and encoder in
+    the paper's proportions. For measuring throughput and memory (the latent cache, benchmarks), not for results."""
+    return VLVConfig(
+        name="small",
+        encoder=EncoderConfig(
+            arch=florence_arch(
+                vision_dims=[32, 64, 128, 256],
+                depths=[1, 1, 9, 1],
+                heads=[1, 2, 4, 8],
+                window=4,
+                d_model=128,
+                layers=2,
+                heads_text=4,
+                ffn=512,
+                vocab=64,
+                image_token_id=63,
+            ),
+            image_size=128,
+            prompt_token_ids=(0, 5, 6, 7, 2),
+            z_dim=128,
+        ),
+        teacher=TeacherConfig(
+            text_encoder_arch=word_clip_arch(width=128, layers=3, heads=4, vocabulary=TINY_WORDS),
+            unet_arch=dict(
+                sample_size=16,
+                in_channels=4,
+                out_channels=4,
+                down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+                block_out_channels=[32, 64, 128, 128],  # SD 2.x: 320, 640, 1280, 1280
+                layers_per_block=2,
+                attention_head_dim=[1, 2, 4, 4],
+                cross_attention_dim=128,
+                use_linear_projection=True,
+            ),
+            vae_arch=dict(
+                in_channels=3,
+                out_channels=3,
+                down_block_types=["DownEncoderBlock2D"] * 4,
+                up_block_types=["UpDecoderBlock2D"] * 4,
+                block_out_channels=[32, 64, 128, 128],  # SD 2.x: 128, 256, 512, 512
+                layers_per_block=2,
+                latent_channels=4,
+                sample_size=128,
+            ),
+            scheduler={**ddpm_scheduler("epsilon"), "steps_offset": 1},
+            vocabulary=TINY_WORDS,
+            image_size=128,
+        ),
+        captioner=CaptionerConfig(
+            arch=qwen2_arch(
+                vocab=len(TINY_WORDS) + 4,
+                width=128,
+                layers=2,
+                heads=4,
+                kv_heads=2,
+                mlp=256,
+                max_position_embeddings=512,
+            ),
+            vocabulary=TINY_WORDS,
+            projector_hidden=256,
+            max_caption_tokens=64,
+        ),
+        sampling=SampleOptions(steps=10),
+        generation=GenerateOptions(max_new_tokens=32),
+    )
+
+
 def paper() -> VLVConfig:
     """Florence-2-large + SD 2.1-base + Qwen2.5-3B with the paper's settings (arXiv 2507.07104).
 
@@ -265,7 +335,7 @@ def paper() -> VLVConfig:
 # projection stay frozen. A preset names the parts its stage 1 trains; this is the default.
 STAGE1_PARTS = ("encoder.language_model", "encoder.queries", "encoder.projection")
 
-PRESETS = {"tiny": tiny, "paper": paper}
+PRESETS = {"tiny": tiny, "small": small, "paper": paper}
 # Presets of worlds that live in their own package, imported only when asked for: a module with `config()` and
 # `STAGE1_PARTS`.
 WORLD_PRESETS = {"shapes": "vlv.shapes.preset"}

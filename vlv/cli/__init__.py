@@ -3,6 +3,8 @@
 vlv info --preset paper [--json]        parameters per component (built on the meta device)
 vlv caption --model DIR IMAGE...        caption images with a saved model (or a preset name)
 vlv reconstruct --model DIR --out DIR IMAGE...
+vlv train autoencoder|captioner ...     stage 1 / stage 2 (also under `accelerate launch -m vlv train ...`)
+vlv cache-latents --data D --out DIR    encode training images once with the frozen VAE
 vlv demo                                the embedded default job (the shapes world)
 vlv shapes render|train-teacher|train-encoder
 """
@@ -15,7 +17,7 @@ import sys
 
 # Command groups: module → adds its subcommands to the parser. The shapes world lives in its own package and is
 # imported here only to register its commands.
-GROUPS = ("vlv.cli.info", "vlv.cli.infer", "vlv.shapes.cli")
+GROUPS = ("vlv.cli.info", "vlv.cli.infer", "vlv.cli.train", "vlv.shapes.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,3 +73,12 @@ def config(teacher: str | None = TEACHER, seed: int = 0) -> VLVConfig:
         generation=GenerateOptions(max_new_tokens=24),
         seed=seed,
     )
+
+
+def recipes():
+    """`vlv train` defaults at this preset: the committed encoder's first (renders-only) segment for stage 1, and
+    the demo's three progressive phases for stage 2."""
+    from vlv.shapes.demo import DemoConfig  # the training side, imported only when asked for
+    from vlv.shapes.stage1 import STAGE1_COMMITTED
+
+    return STAGE1_COMMITTED.plain, DemoConfig.full().stage2()

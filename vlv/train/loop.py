@@ -227,12 +227,14 @@ class Trainer:
             raise ValueError(f"{self.desc}: no EMA is kept (OptimConfig.ema_decay is None)")
         return self.ema
 
-    def state_dict(self) -> dict:
-        """A snapshot of the whole run (copies, safe to keep while training goes on)."""
+    def state_dict(self, *, weights: bool = True) -> dict:
+        """A snapshot of the whole run (copies, safe to keep while training goes on). weights=False leaves out the
+        trained weights (for a checkpoint that stores them with the model)."""
+        params = {n: p.detach() for n, p in self.params.items()} if weights else None
         return copy.deepcopy(
             {
                 "step": self.step,
-                "params": {n: p.detach() for n, p in self.params.items()},
+                "params": params,
                 "optimizer": self.optimizer.state_dict(),
                 "ema": self.ema,
                 "rng": rng_state(),
@@ -244,8 +246,9 @@ class Trainer:
         )
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue the run a `state_dict()` snapshot describes (same model, same config)."""
-        if state["params"].keys() != self.params.keys():
+        """Continue the run a `state_dict()` snapshot describes (same model, same config). A snapshot without
+        weights leaves the model's as they are (they were loaded with the model)."""
+        if state["params"] is not None and state["params"].keys() != self.params.keys():
             missing, unexpected = (
                 self.params.keys() - state["params"].keys(),
                 state["params"].keys() - self.params.keys(),
@@ -254,7 +257,8 @@ class Trainer:
                              f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")  # fmt: skip
         with torch.no_grad():
             for name, p in self.params.items():
-                p.copy_(state["params"][name])
+                if state["params"] is not None:
+                    p.copy_(state["params"][name])
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.ema = copy.deepcopy(state["ema"])
         self.step = state["step"]

@@ -11,13 +11,14 @@ everything trainable from the first step and no stage 1 — the control for the 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from vlv.config import derive_seed
 from vlv.model import TRAINABLE, VLV
-from vlv.presets import STAGE1_PARTS
+from vlv.presets import STAGE1_PARTS, WORLD_PRESETS
 from vlv.train.loop import OptimConfig, Trainer
 
 PHASE_PARTS = {
@@ -106,3 +107,40 @@ def train_captioner(
         if after_phase is not None:
             after_phase(phase)
     return log
+
+
+# ----- each preset's default recipes (what `vlv train` runs unless flags say otherwise) -------------------------
+
+
+def _paper_recipes() -> tuple[AutoencoderRecipe, CaptionerRecipe]:
+    """Paper §4.1: stage 1 200k steps of 512, lr 5e-5 cosine, AdamW β = (0.9, 0.99), wd 0.01, clip 1.0; stage 2
+    lr 1e-5 with linear decay, batch 64, 100k steps (the paper does not split them over the phases: each phase
+    defaults to the full 100k, and `--steps` sets them)."""
+    stage1 = AutoencoderRecipe(OptimConfig(steps=200_000, lr=5e-5, warmup_steps=1000), batch_size=512)
+    stage2 = progressive((100_000,) * 3, OptimConfig(steps=0, lr=1e-5, warmup_steps=1000, schedule="linear"))
+    return stage1, stage2
+
+
+def _tiny_recipes() -> tuple[AutoencoderRecipe, CaptionerRecipe]:
+    """Smoke-test sizes: seconds on a CPU."""
+    stage1 = AutoencoderRecipe(OptimConfig(steps=20, lr=1e-3, warmup_steps=2), batch_size=4)
+    stage2 = progressive((10, 10, 10), OptimConfig(steps=0, lr=1e-3, warmup_steps=2), batch_size=4)
+    return stage1, stage2
+
+
+def _small_recipes() -> tuple[AutoencoderRecipe, CaptionerRecipe]:
+    stage1 = AutoencoderRecipe(OptimConfig(steps=100, lr=1e-4, warmup_steps=10), batch_size=8)
+    stage2 = progressive((50, 50, 50), OptimConfig(steps=0, lr=1e-4, warmup_steps=10), batch_size=8)
+    return stage1, stage2
+
+
+RECIPES = {"tiny": _tiny_recipes, "small": _small_recipes, "paper": _paper_recipes}
+
+
+def preset_recipes(name: str) -> tuple[AutoencoderRecipe, CaptionerRecipe]:
+    """The named preset's default (stage 1, stage 2) recipes; a world preset's module provides `recipes()`."""
+    if name in WORLD_PRESETS:
+        return importlib.import_module(WORLD_PRESETS[name]).recipes()
+    if name not in RECIPES:
+        raise ValueError(f"no training recipes for preset '{name}'; choose one of {sorted([*RECIPES, *WORLD_PRESETS])}")
+    return RECIPES[name]()

@@ -1,0 +1,212 @@
+"""`vlv train` end to end on the tiny preset: the CLI contract, exact resume, DDP, bad data, the latent cache."""
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import vlv
+from vlv.cli import main
+from vlv.data.indexed import FolderRecords, IndexedBatches
+from vlv.data.readers import open_source
+from vlv.model import VLV
+from vlv.presets import preset
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Each run builds its own Accelerator; accelerate keeps its state per process, so reset it between runs."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+
+
+def write_images(folder: Path, n: int, *, captions: bool = True, seed: int = 0) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+        if captions:
+            (folder / f"{i:03d}.txt").write_text("a small red circle at the top left")
+    return [f"{i:03d}" for i in range(n)]
+
+
+def train_args(out: Path, data: Path, *extra: str, steps: int = 6) -> list[str]:
+    return ["train", "autoencoder", "--preset", "tiny", "--data", str(data), "--steps", str(steps), "--save-every",
+            "2", "--seed", "1", "--out", str(out), "--log-every", "2", "--num-workers", "0", "--batch-size", "4",
+            *extra]  # fmt: skip
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "final" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    write_images(folder, 12)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, images) -> Path:
+    """A 6-step run with checkpoints every 2 steps (a subprocess, as the resume test's runs are)."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run([BIN / "vlv", *train_args(out, images)], env=ENV, check=True, capture_output=True)
+    return out
+
+
+def test_a_run_writes_checkpoints_the_release_artifact_and_what_it_skipped(uninterrupted):
+    out = uninterrupted
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000002", "step_0000004", "step_0000006"]
+    step = out / "checkpoints" / "step_0000004"
+    assert {p.name for p in step.iterdir()} == {"model", "trainer.pt", "rank_00000.pt", "state.json"}
+    assert json.loads((step / "state.json").read_text())["step"] == 4
+    model = vlv.load(out / "final")  # the release artifact loads on its own, strictly
+    # what trained, and the vision tower, which has no source to be rebuilt from at this preset
+    assert model.config.weights == ("encoder.language_model", "encoder.projection", "encoder.queries", "encoder.vision")
+    assert model.embed(torch.rand(1, 3, 16, 16)).shape == (1, 77, 32)
+    assert (out / "loss.png").is_file() and (out / "samples" / "step_0000006.png").is_file()
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "no tensorboard event file"
+    resolved = json.loads((out / "run.json").read_text())
+    assert resolved["phases"][0]["optim"]["steps"] == 6 and resolved["model"]["name"] == "tiny"
+
+
+def test_the_last_line_states_how_many_inputs_were_skipped(tmp_path, images, capsys):
+    assert main(train_args(tmp_path / "run", images, steps=2)) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("skipped 0 unreadable inputs")
+
+
+def test_a_run_killed_hard_after_a_checkpoint_resumes_to_the_same_weights_bit_for_bit(tmp_path, images, uninterrupted):
+    out = tmp_path / "killed"
+    run = subprocess.Popen([BIN / "vlv", *train_args(out, images)], env=ENV, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step_0000004").is_dir() and time.time() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert not (out / "final").exists(), "the run finished before it could be killed"
+    assert main(train_args(out, images, "--resume")) == 0
+    ours, reference = weights(out), weights(uninterrupted)
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[k], reference[k]) for k in ours)
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, images, uninterrupted, caplog):
+    out = tmp_path / "corrupt"
+    assert main(train_args(out, images, steps=6)) == 0
+    # As if the run had stopped just after writing step 4's checkpoint, which was then damaged on disk.
+    shutil.rmtree(out / "checkpoints" / "step_0000006")
+    shutil.rmtree(out / "final")
+    trainer = out / "checkpoints" / "step_0000004" / "trainer.pt"
+    trainer.write_bytes(trainer.read_bytes()[:100])
+    with caplog.at_level("WARNING"):
+        assert main(train_args(out, images, "--resume")) == 0
+    assert "step_0000004 is unreadable" in caplog.text and "falling back" in caplog.text
+    ours, reference = weights(out), weights(uninterrupted)
+    assert all(torch.equal(ours[k], reference[k]) for k in ours)  # continued from step 2, same result
+
+
+@pytest.mark.skipif(not (BIN / "accelerate").exists(), reason="accelerate's launcher is not installed")
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, images):
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = train_args(one, images, "--batch-size", "8", steps=4)
+    subprocess.run([BIN / "vlv", *args], env=ENV, check=True, capture_output=True)
+    launch = [BIN / "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vlv"]  # fmt: skip
+    result = subprocess.run([*launch, *train_args(two, images, "--batch-size", "8", steps=4)], env=ENV,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((two / "run.json").read_text())["processes"] == 2
+    a, b = weights(one), weights(two)
+    start = VLV(preset("tiny")).encoder.state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert any(not torch.equal(a[k], start[k.removeprefix("encoder.")]) for k in a)  # and training moved them
+
+
+def test_bad_files_are_skipped_counted_and_every_good_image_is_used(tmp_path, capsys):
+    data = tmp_path / "mixed"
+    good = write_images(data, 10)
+    (data / "empty.png").write_bytes(b"")
+    (data / "text.jpg").write_text("not an image")
+    truncated = (data / "000.png").read_bytes()
+    (data / "truncated.png").write_bytes(truncated[: len(truncated) // 2])
+    bad = {"empty", "text", "truncated"}
+    # 13 steps of one image: one epoch over the 13 files (a micro-batch whose image is bad takes the next ones).
+    assert main(train_args(tmp_path / "run", data, "--batch-size", "1", steps=13)) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("skipped 3 unreadable inputs")
+    assert set(json.loads((tmp_path / "run" / "skipped.json").read_text())) == bad
+    # What the run read in that epoch: the same batches its data class gives, every good image among them.
+    batches = IndexedBatches(FolderRecords(open_source(data).units), image_size=16, global_batch=1, seed=1)
+    used = {key for u in range(13) for key in batches[u]["keys"]}
+    assert used >= set(good)
+
+
+def test_stage_2_runs_the_three_phases_from_a_stage_1_checkpoint_and_captions(tmp_path, images):
+    stage1 = tmp_path / "stage1"
+    assert main(train_args(stage1, images, steps=2)) == 0
+    args = ["train", "captioner", "--init", str(stage1 / "final"), "--data", str(images), "--steps", "2,2,3",
+            "--out", str(tmp_path / "stage2"), "--num-workers", "0", "--batch-size", "2"]  # fmt: skip
+    assert main(args) == 0
+    state = json.loads((tmp_path / "stage2" / "checkpoints" / "step_0000007" / "state.json").read_text())
+    assert [e["phase"] for e in state["log"]][-1] == "encoder" and state["phase_done"]
+    model = vlv.load(tmp_path / "stage2" / "final")
+    assert set(model.config.weights) >= {"caption_decoder.projector", "caption_decoder.llm", "encoder.queries"}
+    captions = model.caption(torch.rand(2, 3, 16, 16))
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+
+
+def vae_checkpoint(directory: Path) -> Path:
+    """The tiny model with a small VAE in its teacher (latents 4 × 8 × 8 for 16-px images), saved as a checkpoint."""
+    cfg = preset("tiny")
+    vae = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+               up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 8], layers_per_block=1,
+               latent_channels=4, norm_num_groups=4, sample_size=16)  # fmt: skip
+    unet = {**cfg.teacher.unet_arch, "in_channels": 4, "out_channels": 4, "sample_size": 8}
+    cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, vae_arch=vae, unet_arch=unet))
+    model = VLV(cfg)
+    model.decoder  # noqa: B018 — build the teacher so the checkpoint carries it
+    model.save_pretrained(directory)
+    return directory
+
+
+def test_training_on_cached_latents_equals_training_on_images(tmp_path, images, capsys):
+    init = vae_checkpoint(tmp_path / "init")
+    common = ["--init", str(init), "--steps", "3", "--save-every", "10", "--seed", "2", "--num-workers", "0",
+              "--batch-size", "4", "--preview", "0"]  # fmt: skip
+    assert main(["cache-latents", "--model", str(init), "--data", str(images), "--out", str(tmp_path / "cache"),
+                 "--batch-size", "5", "--shard-size", "5"]) == 0  # fmt: skip
+    assert "cached 12 images in 3 shards" in capsys.readouterr().out
+    assert main(["train", "autoencoder", "--data", str(images), "--out", str(tmp_path / "a"), *common]) == 0
+    assert main(["train", "autoencoder", "--latents", str(tmp_path / "cache"), "--out", str(tmp_path / "b"),
+                 *common]) == 0  # fmt: skip
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5  # same images, same noise: only the VAE skipped
+
+
+def test_a_cache_from_another_teacher_is_refused(tmp_path, images):
+    init = vae_checkpoint(tmp_path / "init")
+    assert main(["cache-latents", "--model", str(init), "--data", str(images), "--out", str(tmp_path / "cache")]) == 0
+    other = vlv.load(init)
+    other.decoder.vae.encoder.conv_in.weight.data += 1  # another VAE: the teacher travels in the checkpoint
+    other.save_pretrained(tmp_path / "other")
+    args = ["train", "autoencoder", "--init", str(tmp_path / "other"), "--latents", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "run"), "--steps", "1", "--num-workers", "0"]  # fmt: skip
+    assert main(args) == 2  # a clear error, not a run on the wrong latents
