@@ -99,6 +99,8 @@ def test_render_command(tmp_path, capsys):
     for rec in lines:
         assert (tmp_path / rec["image"]).is_file()
         assert parse_caption(rec["caption"]) == Scene.from_dict(rec["scene"])
+        # the caption beside the image, as `vlv train` reads a folder
+        assert (tmp_path / rec["image"]).with_suffix(".txt").read_text().strip() == rec["caption"]
     assert [rec["caption"] for rec in lines] == [s.caption for s in sample_scenes(12, seed=1)]
 
 

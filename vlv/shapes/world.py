@@ -184,7 +184,8 @@ def render_batch(scenes: list[Scene], size: int = 16) -> np.ndarray:
 
 
 def write_scenes(out: Path, n: int, seed: int, *, size: int = 16, split: str = "train") -> Path:
-    """Render `n` seeded scenes to out/00000.png … and out/scenes.jsonl (image, caption, scene); returns the index.
+    """Render `n` seeded scenes to out/00000.png (+ its caption as 00000.txt, the sidecar layout `vlv train` reads)
+    … and out/scenes.jsonl (image, caption, scene); returns the index.
 
     Images first, the index last (through a temporary name): scenes.jsonl never names a missing file."""
     out.mkdir(parents=True, exist_ok=True)
@@ -194,6 +195,7 @@ def write_scenes(out: Path, n: int, seed: int, *, size: int = 16, split: str = "
     for i, scene in enumerate(tqdm(scenes, desc="rendering", disable=n < 1000)):
         name = f"{i:0{width}d}.png"
         render(scene, size).save(out / name)
+        (out / name).with_suffix(".txt").write_text(scene.caption + "\n")
         records.append(json.dumps({"image": name, "caption": scene.caption, "scene": scene.to_dict()}))
     tmp = out / "scenes.jsonl.tmp"
     tmp.write_text("\n".join(records) + "\n")
