@@ -210,3 +210,30 @@ def test_a_cache_from_another_teacher_is_refused(tmp_path, images):
     args = ["train", "autoencoder", "--init", str(tmp_path / "other"), "--latents", str(tmp_path / "cache"),
             "--out", str(tmp_path / "run"), "--steps", "1", "--num-workers", "0"]  # fmt: skip
     assert main(args) == 2  # a clear error, not a run on the wrong latents
+
+
+def test_a_run_on_streamed_shards_resumes_to_the_same_weights_with_two_workers(tmp_path):
+    """Tar shards are streamed by 2 dataloader workers; a checkpoint records each slot's shard and offset."""
+    from tests.data.test_readers import sample_images, write_shards
+
+    shards = write_shards(tmp_path / "shards", sample_images(24), n_shards=4)
+    data = shards / "{00000..00003}.tar"
+    args = ["--num-workers", "2", "--preview", "0"]
+    assert main(train_args(tmp_path / "whole", data, *args, steps=8)) == 0
+    assert main(train_args(tmp_path / "cut", data, *args, steps=8)) == 0
+    for later in ("step_0000006", "step_0000008"):  # as if killed after step 4's checkpoint
+        shutil.rmtree(tmp_path / "cut" / "checkpoints" / later)
+    shutil.rmtree(tmp_path / "cut" / "final")
+    rank = torch.load(tmp_path / "cut" / "checkpoints" / "step_0000004" / "rank_00000.pt", weights_only=True)
+    assert rank["data"]["consumed"] == 4 and len(rank["data"]["slots"]) == 2  # both workers' positions
+    assert main(train_args(tmp_path / "cut", data, *args, "--resume", steps=8)) == 0
+    ours, reference = weights(tmp_path / "cut"), weights(tmp_path / "whole")
+    assert all(torch.equal(ours[k], reference[k]) for k in ours)
+
+
+def test_resuming_with_another_recipe_is_a_clear_error(tmp_path, images, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(out, images, "--preview", "0", steps=2)) == 0
+    assert main(train_args(out, images, "--preview", "0", "--resume", steps=4)) == 2
+    error = capsys.readouterr().err
+    assert "written by another recipe" in error and "['optim']" in error

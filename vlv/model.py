@@ -11,6 +11,10 @@ Which weights train is decided in one place, `set_trainable`, by part names (`TR
 frozen. What `save_pretrained` writes into model.safetensors follows from it: every part that trained, and every
 part that has no source to be rebuilt from (the queries, φ, ψ, random-init components). An LLM that did not train
 is referenced by its source, not copied.
+
+The LLM may train through LoRA adapters instead (`set_trainable(..., lora=...)`). Until `merge_lora` folds them in,
+a save holds the LLM's base weights (as they were when the adapters were added) under their plain keys, and the
+adapters are the caller's to keep (`caption_decoder.adapter_state()`); after it, the LLM counts as trained.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from vlv import captioner, checkpoint, encoder
-from vlv.captioner import CaptionDecoder, build_caption_decoder
+from vlv.captioner import CaptionDecoder, LoraSettings, build_caption_decoder
 from vlv.compositions import Autoencoder, Captioner, compose_embeddings
 from vlv.conditioning import TextConditioner, build_text_conditioner
 from vlv.config import VLVConfig, derive_seed
@@ -160,15 +164,27 @@ class VLV(nn.Module):
 
     # ----- training ------------------------------------------------------------------------------------------
 
-    def set_trainable(self, parts: tuple[str, ...] | list[str]) -> None:
+    def set_trainable(self, parts: tuple[str, ...] | list[str], *, lora: LoraSettings | None = None) -> None:
         """Train exactly these sub-parts (names in `TRAINABLE`, e.g. `encoder.language_model`); freeze the rest.
 
         Trained weights become float32 whatever the model's dtype (frozen parts keep theirs, e.g. bf16). A sub-part
         that trains once is saved by `save_pretrained` from then on, whatever trains later.
+
+        lora: train the LLM, when it is among `parts`, through LoRA adapters added now (their random init drawn
+        from the model's own `lora` stream) while its weights stay frozen; it counts as trained once `merge_lora`
+        has folded them in.
         """
         unknown = set(parts) - set(TRAINABLE)
         if unknown:
             raise ValueError(f"unknown trainable parts {sorted(unknown)}; choose from {sorted(TRAINABLE)}")
+        if "caption_decoder.llm" in parts and (lora is not None or "caption_decoder" in self.parts):
+            carried = self.caption_decoder.lora
+            if carried is not None and carried != lora:
+                raise ValueError(f"the LLM carries LoRA adapters {carried}, not {lora}: call merge_lora first")
+            if carried is None and lora is not None:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(derive_seed(self.config.seed, "lora"))
+                    self.caption_decoder.add_lora(lora)
         for name in ("encoder", "caption_decoder"):
             mine = [p.split(".", 1)[1] for p in parts if p.startswith(name + ".")]
             if mine or name in self.parts:
@@ -179,7 +195,14 @@ class VLV(nn.Module):
                         # on a bf16 weight near 1.0 is below its resolution and would be lost. The forward then
                         # needs autocast (the training driver's mixed precision) to mix the two dtypes.
                         p.data = p.data.float()
-        self._trained |= set(parts)
+        # An LLM that trains through adapters keeps its own weights until they are merged (merge_lora).
+        self._trained |= set(parts) - ({"caption_decoder.llm"} if lora is not None else set())
+
+    def merge_lora(self) -> None:
+        """Fold the LLM's LoRA adapters into its weights (W ← W + (alpha / rank)·B·A) and drop them: the LLM is a
+        plain Qwen2ForCausalLM again, and is saved as a trained part from now on."""
+        self.caption_decoder.merge_lora()
+        self._trained.add("caption_decoder.llm")
 
     def cast_untrained(self, dtype: torch.dtype, *, keep: set[str] | tuple[str, ...] = ()) -> None:
         """Store the built parts' weights in `dtype` (e.g. bf16 for mixed-precision training), except those of the
@@ -357,7 +380,9 @@ def _with_teacher(config: VLVConfig, teacher: str | None) -> VLVConfig:
 def _subpart_state(module: nn.Module, subparts: list[str]) -> dict[str, torch.Tensor]:
     """The entries of a part's state dict that belong to the given sub-parts."""
     prefixes = tuple(p for s in subparts for p in TRAINABLE[s])
-    return {k: v for k, v in module.state_dict().items() if k.startswith(prefixes)}
+    # An LLM with LoRA adapters is saved without them, under its plain keys: the format stays that of a plain model.
+    state = module.base_state_dict() if isinstance(module, CaptionDecoder) else module.state_dict()
+    return {k: v for k, v in state.items() if k.startswith(prefixes)}
 
 
 def _check_weights(config: VLVConfig, directory: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import logging
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 import vlv
+from vlv.captioner import LORA_EXTRA, LoraSettings
 from vlv.config import derive_seed
 from vlv.train.recipes import PHASE_PARTS, preset_recipes
 from vlv.train.run import MIXED_PRECISION, PhaseSpec, RunConfig, train
@@ -35,6 +37,12 @@ def add_commands(sub) -> None:
     c.add_argument("--phase", choices=[*PHASE_PARTS, "all"], default="all",
                    help="one progressive phase, or all three in order (default)")  # fmt: skip
     c.add_argument("--steps", default=None, help="steps per phase: N, or N1,N2,N3 for the three phases of --phase all")
+    # LoRA (default: the LLM trains fully, as in the paper)
+    c.add_argument("--lora-rank", type=int, default=None,
+                   help="train the LLM through LoRA adapters of this rank in phases llm and encoder, merged into it "
+                   "at each phase end (needs peft)")  # fmt: skip
+    c.add_argument("--lora-alpha", type=float, default=None, help="LoRA update scale: alpha / rank (default 2 × rank)")
+    c.add_argument("--lora-dropout", type=float, default=None, help="dropout on the LoRA adapters' input (default 0)")
     c.set_defaults(func=run_captioner, latents=None)
 
     cache = sub.add_parser("cache-latents", help="encode training images once with the frozen VAE (stage 1 cache)")
@@ -162,7 +170,22 @@ def run_autoencoder(args) -> int:
     return _launch(args, acc, model, [phase])
 
 
+def _lora(args) -> LoraSettings | None:
+    """The --lora-* flags as settings (None without --lora-rank), checked before any model is built."""
+    if args.lora_rank is None:
+        if args.lora_alpha is not None or args.lora_dropout is not None:
+            raise ValueError("--lora-alpha and --lora-dropout apply with --lora-rank only")
+        return None
+    if args.lora_rank < 1:
+        raise ValueError(f"--lora-rank must be a positive integer, got {args.lora_rank}")
+    if importlib.util.find_spec("peft") is None:
+        raise ValueError(f"--lora-rank needs the peft library, which is not installed: {LORA_EXTRA}")
+    alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_rank
+    return LoraSettings(args.lora_rank, alpha, args.lora_dropout or 0.0)
+
+
 def run_captioner(args) -> int:
+    lora = _lora(args)
     acc, model, name = _start(args)
     _, recipe = preset_recipes(name)
     chosen = [p for p in recipe.phases if args.phase in ("all", p.name)]
@@ -172,11 +195,15 @@ def run_captioner(args) -> int:
         if len(given) not in (1, len(chosen)):
             raise ValueError(f"--steps takes one number or {len(chosen)} comma-separated numbers, got {args.steps}")
         steps = given * len(chosen) if len(given) == 1 else given
+    if lora is not None and not any("caption_decoder.llm" in p.trainable for p in chosen):
+        raise ValueError(f"--lora-rank: phase {args.phase} does not train the LLM; LoRA applies to phases llm, encoder")
     phases = []
     for p, n in zip(chosen, steps):
         seed = derive_seed(args.seed, p.name) if args.seed is not None else p.optim.seed
         optim = _optim(p.optim, args, steps=n, seed=seed)
-        phases.append(PhaseSpec(p.name, "captioner", tuple(p.trainable), optim, args.batch_size or recipe.batch_size))
+        on_llm = lora if "caption_decoder.llm" in p.trainable else None  # ψ-only phases have no LLM to adapt
+        phases.append(PhaseSpec(p.name, "captioner", tuple(p.trainable), optim, args.batch_size or recipe.batch_size,
+                                lora=on_llm))  # fmt: skip
     return _launch(args, acc, model, phases)
 
 

@@ -15,7 +15,9 @@ def add_commands(sub) -> None:
     shapes = sub.add_parser("shapes", help="the offline shapes world").add_subparsers(
         dest="shapes_command", required=True
     )
-    p = shapes.add_parser("render", help="render seeded scenes: DIR/*.png, a caption NAME.txt beside each, DIR/scenes.jsonl")
+    p = shapes.add_parser(
+        "render", help="render seeded scenes: DIR/*.png, a caption NAME.txt beside each, DIR/scenes.jsonl"
+    )
     p.add_argument("--n", type=int, required=True, help="number of scenes")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", required=True, help="output folder")

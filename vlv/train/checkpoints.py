@@ -3,7 +3,8 @@
     OUT/checkpoints/step_0001000/
         model/          the model as `VLV.save_pretrained` writes it (config.json + model.safetensors, …): loadable
                         on its own with `vlv.load`
-        trainer.pt      optimizer, EMA, step, log (`Trainer.state_dict` less the weights, which model/ holds)
+        trainer.pt      optimizer, EMA, step, log (`Trainer.state_dict` less the weights, which model/ holds);
+                        mid-way through a LoRA phase also the LLM's adapters (`adapters`: model/ holds its base)
         rank_00000.pt   this process's RNG states and data position (one file per process)
         state.json      run progress (phase, step) — written last: a directory without it is incomplete
 

@@ -13,6 +13,10 @@ loop (`vlv.train.Trainer`) on data read by `vlv.data`:
   `save_pretrained` writes it, the optimizer and schedule position, every RNG of every process and the data
   position. `resume` continues from the newest readable one, and the result equals the uninterrupted run bit for
   bit (CPU, fixed seed). The release artifact is `OUT/final` (config.json + model.safetensors).
+- *LoRA.* A phase with `lora` trains the LLM through adapters, merged into it when the phase ends, so its end
+  checkpoint and OUT/final hold a plain LLM. A checkpoint mid-way through it holds the LLM's base weights in model/
+  and the adapters in trainer.pt (`adapters`), which resume puts back on the base weights before the optimizer.
+  Under bf16 mixed precision the adapters are fp32 master weights and the LLM's base weights bf16 frozen ones.
 - *Observability.* A progress bar with loss, lr and samples/s; tensorboard events (wandb too when asked for and
   installed); OUT/loss.png and a sample grid at each save; the resolved configuration in OUT/run.json.
 """
@@ -29,6 +33,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from vlv.captioner import LoraSettings
 from vlv.data.cache import CacheRecords
 from vlv.data.indexed import FolderRecords, FromStep, IndexedBatches, sample_seed
 from vlv.data.readers import open_source
@@ -73,6 +78,7 @@ class PhaseSpec:
     optim: OptimConfig
     batch_size: int  # global batch: images per optimizer step over all processes
     noises_per_image: int = 1
+    lora: LoraSettings | None = None  # train the LLM (when in `trainable`) through LoRA adapters; None: fully
 
 
 def _composition(model: VLV, phase: PhaseSpec):
@@ -218,6 +224,7 @@ class _Run:
                 self.found = checkpoints.read(Path(resume), self.rank)
                 model = load_model(self.found["model"])
             log.info("resuming from %s", self.found["model"].parent)
+            _check_same_phases(self.found, phases)
         self.model = model
         self.first_step = [0]  # run-wide step at which each phase starts (checkpoints are named by it)
         for phase in phases:
@@ -251,17 +258,23 @@ class _Run:
 
     def train_phase(self, index: int, data, resumed: bool) -> None:
         phase, run, model = self.phases[index], self.run, self.model
-        model.set_trainable(phase.trainable)
+        model.set_trainable(phase.trainable, lora=phase.lora)
         composition = _composition(model, phase)
         if run.mixed_precision == "bf16":
-            # Weights that train in some phase stay fp32 master weights throughout; the others may be bf16.
-            model.cast_untrained(torch.bfloat16, keep={p for ph in self.phases for p in ph.trainable})
+            # Weights that train in some phase stay fp32 master weights throughout; the others may be bf16. An LLM
+            # that trains through LoRA adapters only is a frozen weight too: its base in bf16 is what fits
+            # Qwen2.5-3B on a 24 GB card, and the adapters' merge lands in bf16, as a plain bf16 model's would.
+            keep = {p for ph in self.phases for p in ph.trainable if not (ph.lora and p == "caption_decoder.llm")}
+            model.cast_untrained(torch.bfloat16, keep=keep)
         if run.gradient_checkpointing:
             model.set_gradient_checkpointing(True)
         trainer = Trainer(composition, phase.optim, desc=phase.name, accelerator=self.acc)
         position = None
         if resumed:
             self.skipped.update(self.found["state"].get("skipped", {}))
+            if phase.lora is not None:
+                # The adapters go back onto the base weights model/ held before the optimizer state refers to them.
+                model.caption_decoder.load_adapter_state(self.found["trainer"]["adapters"])
             trainer.load_state_dict(self.found["trainer"])
             set_rng_state(self.found["rank"]["rng"])  # this process's own RNGs
             position = self.found["rank"]["data"]
@@ -278,6 +291,8 @@ class _Run:
             self.acc.log(values, step=self.first_step[index] + entry["step"])
 
         trainer.run(feed, log_every=run.log_every, on_log=on_log, on_step=on_step, samples_per_step=phase.batch_size)
+        if phase.lora is not None:
+            model.merge_lora()  # the phase's end checkpoint, and all that follow, hold a plain, trained LLM
         self.save(index, trainer, feed, preview, done=True)
         self.history += [{**e, "phase": phase.name} for e in trainer.log]
         self.skipped.update(feed.skipped)
@@ -295,16 +310,41 @@ class _Run:
         acc.wait_for_everyone()
         if self.main:
             self.model.save_pretrained(tmp / checkpoints.MODEL_DIR)
-            torch.save(trainer.state_dict(weights=False), tmp / checkpoints.TRAINER_NAME)
+            trained = trainer.state_dict(weights=False)
+            if phase.lora is not None and not done:
+                # Mid-phase, model/ holds the LLM's base weights: its trained weights are the adapters.
+                trained["adapters"] = self.model.caption_decoder.adapter_state()
+            torch.save(trained, tmp / checkpoints.TRAINER_NAME)
             entries = self.history + [{**e, "phase": phase.name} for e in trainer.log]
             state = {"phase": index, "phase_name": phase.name, "step": trainer.step, "phase_done": done,
-                     "log": entries, "skipped": {**self.skipped, **feed.skipped}}  # fmt: skip
+                     "log": entries, "skipped": {**self.skipped, **feed.skipped},
+                     "lora": dataclasses.asdict(phase.lora) if phase.lora is not None else None,
+                     "phases": _phase_records(self.phases)}  # fmt: skip
             checkpoints.publish(self.root, step, state, self.run.keep)
             loss_curve_png(entries, self.out / "loss.png")
             if preview is not None:
                 _sample_grid(self.model, phase, preview, self.out / "samples" / f"step_{step:07d}.png", acc)
                 trainer.model.train()  # the grid ran the model in eval mode
         acc.wait_for_everyone()
+
+
+def _phase_records(phases: list[PhaseSpec]) -> list[dict]:
+    """The phases as JSON data (as they read back from state.json)."""
+    return json.loads(json.dumps([dataclasses.asdict(p) for p in phases]))
+
+
+def _check_same_phases(found: dict, phases: list[PhaseSpec]) -> None:
+    """A run resumes only with the recipe that wrote its checkpoint: another step count would change the schedule
+    under the saved optimizer, other LoRA flags the saved adapters."""
+    saved, asked = found["state"].get("phases"), _phase_records(phases)
+    if saved is not None and saved != asked:
+        where = next((i for i, (a, b) in enumerate(zip(saved, asked)) if a != b), min(len(saved), len(asked)))
+        a = saved[where] if where < len(saved) else None
+        b = asked[where] if where < len(asked) else None
+        fields = sorted(k for k in (a or b) if (a or {}).get(k) != (b or {}).get(k))
+        raise ValueError(f"{found['model'].parent} was written by another recipe (phase {where}: {fields} differ: "
+                         f"saved {[(a or {}).get(k) for k in fields]}, asked {[(b or {}).get(k) for k in fields]}); "
+                         "resume with the flags of the run that wrote it")  # fmt: skip
 
 
 def _gather_skipped(skipped: dict[str, str], accelerator) -> dict[str, str]:
