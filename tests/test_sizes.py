@@ -11,7 +11,14 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from vlv.cli import main
 from vlv.cli.info import print_memory
 from vlv.model import VLV
-from vlv.sizes import activation_bytes, parameter_counts, set_precision, training_model, training_rows
+from vlv.sizes import (
+    activation_bytes,
+    memory_estimate,
+    parameter_counts,
+    set_precision,
+    training_model,
+    training_rows,
+)
 from vlv.train.recipes import PHASE_PARTS
 
 
@@ -63,7 +70,7 @@ def test_fake_tensor_measurement_matches_real_tensors(tiny_config):
     parts = training_rows("tiny")["stage1"]
     real = VLV(tiny_config)
     real.autoencoder()
-    set_precision(real, parts, torch.bfloat16)
+    set_precision(real, parts, torch.bfloat16, None)
     fake = training_model(tiny_config, "stage1", parts, torch.bfloat16)
     with FakeTensorMode(allow_non_fake_inputs=True):
         fake.to_empty(device="cpu")
@@ -135,3 +142,19 @@ def test_checkpointing_captioner_same_gradients_and_recomputes_the_llm(tiny_conf
     checkpointed = _run(model, captioner, batch, networks, checkpointing=True)
     assert model.caption_decoder.llm.is_activation_checkpointing
     _assert_same_grads_more_calls(plain, checkpointed)
+
+
+def test_lora_rows_train_the_adapters_and_projector_only(tiny_config):
+    estimate = memory_estimate("tiny", lora_rank=4)
+    rows = estimate["rows"]
+    assert list(rows) == ["stage1", "mlp", "llm", "encoder", "llm+lora", "encoder+lora"]
+    a = tiny_config.captioner.arch
+    D, F, H, KV = a["hidden_size"], a["intermediate_size"], a["num_attention_heads"], a["num_key_value_heads"]
+    kv = D // H * KV
+    # rank × (in + out) for q, k, v, o, gate, up, down in each layer
+    per_layer = (D + D) + (D + kv) + (D + kv) + (D + D) + (D + F) + (D + F) + (F + D)
+    adapters = 4 * per_layer * a["num_hidden_layers"]
+    projector = parameter_counts("tiny")["components"]["projector"]["params"]
+    assert rows["llm+lora"]["grads"] == (projector + adapters) * 4
+    assert rows["llm+lora"]["grads"] < rows["llm"]["grads"]
+    assert rows["encoder+lora"]["grads"] - rows["llm+lora"]["grads"] == rows["encoder"]["grads"] - rows["llm"]["grads"]

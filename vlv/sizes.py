@@ -24,6 +24,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from vlv.captioner import LoraSettings
 from vlv.config import VLVConfig
 from vlv.model import VLV
 from vlv.presets import preset, stage1_parts
@@ -71,11 +72,11 @@ def training_rows(preset_name: str) -> dict[str, tuple[str, ...]]:
     return {"stage1": stage1_parts(preset_name), **PHASE_PARTS}
 
 
-def set_precision(model: VLV, trainable: tuple[str, ...], dtype: torch.dtype) -> None:
-    """The training precision policy: `trainable` train with fp32 master weights, every other weight is `dtype`."""
-    model.set_trainable(trainable)
-    for p in model.parameters():
-        p.data = p.data.to(torch.float32 if p.requires_grad else dtype)
+def set_precision(model: VLV, trainable: tuple[str, ...], dtype: torch.dtype, lora: LoraSettings | None) -> None:
+    """The training precision policy: `trainable` train with fp32 master weights, every other weight is `dtype`
+    (an LLM trained through LoRA adapters counts as frozen: its adapters are the trained weights)."""
+    model.set_trainable(trainable, lora=lora)
+    model.cast_untrained(dtype)
 
 
 def training_batch(config: VLVConfig, stage: str, batch_size: int) -> dict:
@@ -146,7 +147,9 @@ def activation_bytes(
     return alive
 
 
-def training_model(config: VLVConfig, stage: str, trainable: tuple[str, ...], dtype: torch.dtype) -> VLV:
+def training_model(
+    config: VLVConfig, stage: str, trainable: tuple[str, ...], dtype: torch.dtype, lora: LoraSettings | None = None
+) -> VLV:
     """A VLV on the meta device with the parts the stage uses, under the precision policy."""
     with torch.device("meta"):
         model = VLV(config, pretrained=False)
@@ -157,25 +160,38 @@ def training_model(config: VLVConfig, stage: str, trainable: tuple[str, ...], dt
             # An architecture-only build of a pretrained LLM has no tokenizer; a one-word one makes each word of
             # the batch's captions one token.
             model.caption_decoder.tokenizer = build_word_tokenizer(("a",), wrap_bos_eos=False)
-        set_precision(model, trainable, dtype)
+        set_precision(model, trainable, dtype, lora)
     return model
 
 
-def memory_estimate(preset_name: str, *, batch_size: int | None = None, dtype: torch.dtype = torch.bfloat16) -> dict:
+def memory_estimate(
+    preset_name: str,
+    *,
+    batch_size: int | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    lora_rank: int | None = None,
+) -> dict:
     """Training memory per GPU of each run (stage 1 and the stage-2 phases), in bytes.
 
     weights: fp32 for the trained parts, `dtype` for the frozen ones; grads: fp32, trained only; optimizer: AdamW's
     two fp32 states, trained only; activations: measured by `activation_bytes` (forward under `dtype` autocast) at
     `batch_size` images per GPU (default: the paper's, 64 in stage 1 and 8 in stage 2), without and with gradient
     checkpointing. Not counted: EMA weights, DDP's gradient buckets, the CUDA context and allocator slack.
+    lora_rank: also the LLM-training phases with LoRA adapters of this rank (alpha 2 × rank), rows `llm+lora`, ….
     """
     config = preset(preset_name)
     if config.encoder.prompt_token_ids is None:
         prompt = (0,) * FLORENCE_PROMPT_TOKENS
         config = dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, prompt_token_ids=prompt))
+    runs = [(stage, trainable, None) for stage, trainable in training_rows(preset_name).items()]
+    if lora_rank is not None:
+        lora = LoraSettings(rank=lora_rank, alpha=2 * lora_rank)
+        runs += [
+            (f"{stage}+lora", trainable, lora) for stage, trainable, _ in runs if "caption_decoder.llm" in trainable
+        ]
     rows = {}
-    for stage, trainable in training_rows(preset_name).items():
-        model = training_model(config, stage, trainable, dtype)
+    for stage, trainable, lora in runs:
+        model = training_model(config, stage, trainable, dtype, lora)
         params = list(model.parameters())  # shared tensors once
         trained = sum(p.numel() for p in params if p.requires_grad)
         batch = batch_size or PER_GPU_BATCH["stage1" if stage == "stage1" else "stage2"]
@@ -188,6 +204,7 @@ def memory_estimate(preset_name: str, *, batch_size: int | None = None, dtype: t
             )
         row = {
             "trainable": list(trainable),
+            "lora_rank": lora.rank if lora is not None else None,
             "batch_size": batch,
             "weights": sum(p.numel() * p.element_size() for p in params),
             "grads": trained * FP32,

@@ -41,16 +41,20 @@ def add_commands(sub) -> None:
         default="bf16",
         help="with --memory: frozen weights and autocast dtype (fp32: no autocast); trained weights stay fp32",
     )
+    p.add_argument("--lora-rank", type=int, help="with --memory: also the LLM phases trained through LoRA of this rank")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.memory and (args.batch_size is not None or args.dtype != "bf16"):
-        raise ValueError("--batch-size and --dtype apply to --memory only")
+    if not args.memory and (args.batch_size is not None or args.dtype != "bf16" or args.lora_rank is not None):
+        raise ValueError("--batch-size, --dtype and --lora-rank apply to --memory only")
     if args.memory:
         if args.batch_size is not None and args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-        print_memory(memory_estimate(args.preset, batch_size=args.batch_size, dtype=DTYPES[args.dtype]), args.json)
+        estimate = memory_estimate(
+            args.preset, batch_size=args.batch_size, dtype=DTYPES[args.dtype], lora_rank=args.lora_rank
+        )
+        print_memory(estimate, args.json)
         return 0
     info = parameter_counts(args.preset)
     if args.json:
@@ -77,10 +81,12 @@ def print_memory(estimate: dict, as_json: bool) -> None:
         f"preset {estimate['preset']}: training memory per GPU, GiB (trained weights float32, frozen weights {dtype}, "
         f"forward {forward}; stage-2 captions {estimate['caption_tokens']} tokens)"
     )
-    print(f"{'run':<16}{'batch':>6}" + "".join(f"{h:>13}" for h in MEMORY_COLUMNS.values()))
+    print(f"{'run':<26}{'batch':>6}" + "".join(f"{h:>13}" for h in MEMORY_COLUMNS.values()))
     for stage, row in estimate["rows"].items():
         name = stage if stage == "stage1" else f"stage2 {stage}"
-        print(f"{name:<16}{row['batch_size']:>6}" + "".join(f"{row[k] / 2**30:>13.2f}" for k in MEMORY_COLUMNS))
+        if row.get("lora_rank"):
+            name = name.replace("+lora", f" LoRA r={row['lora_rank']}")
+        print(f"{name:<26}{row['batch_size']:>6}" + "".join(f"{row[k] / 2**30:>13.2f}" for k in MEMORY_COLUMNS))
     print(
         "activations: measured forward at this batch, kept until backward; backward adds transients "
         "(activation gradients, one recomputed segment). Not counted: EMA, DDP buckets, CUDA context."
