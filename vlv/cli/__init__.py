@@ -1,6 +1,7 @@
 """The `vlv` command: one module per command group; each command parses arguments and calls the library.
 
 vlv info --preset paper [--json]        parameters per component (built on the meta device)
+vlv info --preset paper --memory        training memory per GPU of each stage and phase [--lora-rank R]
 vlv caption --model DIR IMAGE...        caption images with a saved model (or a preset name)
 vlv reconstruct --model DIR --out DIR IMAGE...
 vlv train autoencoder|captioner ...     stage 1 / stage 2 (also under `accelerate launch -m vlv train ...`)

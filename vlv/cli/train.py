@@ -12,7 +12,6 @@ import dataclasses
 import importlib.util
 import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
@@ -217,5 +216,5 @@ def run_cache(args) -> int:
     source = open_source(args.data, image_column=args.image_column, caption_column=args.caption_column)
     summary = write_cache(model.decoder, source, args.out, batch_size=args.batch_size, shard_size=args.shard_size)
     print(f"cached {summary['count']} images in {len(summary['shards'])} shards at {args.out}")
-    print(f"skipped {len(summary['skipped'])} unreadable inputs", file=sys.stdout)
+    print(f"skipped {len(summary['skipped'])} unreadable inputs")
     return 0

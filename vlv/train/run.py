@@ -38,6 +38,7 @@ from vlv.data.cache import CacheRecords
 from vlv.data.indexed import FolderRecords, FromStep, IndexedBatches, sample_seed
 from vlv.data.readers import open_source
 from vlv.data.stream import DataStream
+from vlv.images import UnreadableImage, decode_image, preprocess
 from vlv.model import VLV
 from vlv.train import checkpoints
 from vlv.train.loop import OptimConfig, Trainer, rng_state, set_rng_state
@@ -175,8 +176,6 @@ class Feed:
 
 def _previews(data, n: int, image_size: int) -> torch.Tensor | None:
     """The first n readable images of the data, (n, 3, S, S) in [0, 1], for the sample grids."""
-    from vlv.images import UnreadableImage, decode_image, preprocess
-
     found = []
     records = (data[i] for i in range(len(data))) if not hasattr(data, "units") else iter(data)
     for record in records:
