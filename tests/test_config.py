@@ -45,7 +45,17 @@ def test_paper_preset_follows_the_paper():
 
 def test_config_sections_are_split_by_role():
     d = preset("paper").to_dict()
-    assert set(d) == {"name", "seed", "weights", "encoder", "teacher", "captioner", "sampling", "generation"}
+    assert set(d) == {
+        "name",
+        "seed",
+        "weights",
+        "reconstructs",
+        "encoder",
+        "teacher",
+        "captioner",
+        "sampling",
+        "generation",
+    }
     assert set(d["sampling"]) == {"steps", "guidance", "sampler", "timestep_spacing"}
     assert set(d["generation"]) == {"max_new_tokens", "num_beams", "repetition_penalty", "no_repeat_ngram_size"}
     assert not any("train" in key for section in ("encoder", "teacher", "captioner") for key in d[section])

@@ -248,3 +248,45 @@ def test_set_trainable_freezes_everything_else(tiny_config):
     }
     with pytest.raises(ValueError, match="encoder.eyes"):
         model.set_trainable(["encoder.eyes"])
+
+
+def test_tied_weights_are_stored_once_and_come_back_tied(tmp_path, tiny_config, images):
+    model = VLV(tiny_config)
+    model.set_trainable(["encoder.language_model", "caption_decoder.llm"])
+    model.save_pretrained(tmp_path)
+    keys = set(load_file(tmp_path / "model.safetensors"))
+    assert "caption_decoder.llm.model.embed_tokens.weight" in keys
+    assert "caption_decoder.llm.lm_head.weight" not in keys  # Qwen's output head is its input embedding
+    assert "encoder.florence.language_model.shared.weight" in keys
+    assert not {k for k in keys if k.endswith("coder.embed_tokens.weight") and "florence" in k}  # BART's are `shared`
+    back = vlv.load(tmp_path)
+    llm = back.caption_decoder.llm
+    assert llm.lm_head.weight is llm.model.embed_tokens.weight
+    assert torch.equal(llm.lm_head.weight, model.caption_decoder.llm.lm_head.weight)
+    assert torch.equal(back.embed(images), model.embed(images))
+
+
+def test_a_source_saved_in_bf16_loads_in_the_models_dtype(tmp_path, tiny_config):
+    """transformers 5 loads in the checkpoint's own dtype unless told: a bf16 LLM must not arrive bf16 in an fp32
+    model (it would train in pure bf16), nor stay fp32 in a bf16 one."""
+    llm = VLV(tiny_config).caption_decoder.llm.to(torch.bfloat16)
+    llm.save_pretrained(tmp_path / "llm")
+    config = dataclasses.replace(
+        tiny_config, captioner=dataclasses.replace(tiny_config.captioner, source=str(tmp_path / "llm"))
+    )
+    model = VLV(config)
+    model.caption_decoder.tokenizer = VLV(tiny_config).caption_decoder.tokenizer
+    assert model.caption_decoder.llm.dtype == torch.float32
+    assert torch.equal(model.caption_decoder.llm.lm_head.weight, llm.lm_head.weight.float())
+    assert VLV(config).to(dtype=torch.bfloat16).caption_decoder.llm.dtype == torch.bfloat16
+
+
+def test_a_bf16_model_reloads_in_bf16_with_the_same_values(tmp_path, tiny_config, images):
+    model = VLV(tiny_config).to(dtype=torch.bfloat16)
+    model.set_trainable(["encoder.queries"])
+    model.set_trainable([])
+    model.encoder.queries.data = model.encoder.queries.data.bfloat16()
+    model.save_pretrained(tmp_path)
+    back = vlv.load(tmp_path, dtype=torch.bfloat16)
+    assert back.encoder.queries.dtype == torch.bfloat16 and torch.equal(back.encoder.queries, model.encoder.queries)
+    assert torch.equal(back.embed(images.bfloat16()), model.embed(images.bfloat16()))

@@ -101,6 +101,10 @@ class VLVConfig:
     # The parts whose weights the checkpoint's model.safetensors holds (names in `vlv.model.PARTS`): what trained,
     # and what has no other source. Every other part is built from its `source`, or from the seed.
     weights: tuple[str, ...] = ()
+    # Whether the encoder's z is what the teacher learned to decode (a stage-1 encoder). False for a converted
+    # official captioner (`vlv convert official`), whose encoder trained on in stage 2: reconstruct / compose then
+    # warn, and need a stage-1 encoder beside it (`vlv.load(dir, stage1=DIR)`, `vlv reconstruct --stage1 DIR`).
+    reconstructs: bool = True
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -161,10 +161,15 @@ def build_diffusion_decoder(cfg: TeacherConfig, *, pretrained: bool) -> Diffusio
     """From the teacher's pipeline folder (`unet/`, `vae/`, `scheduler/`) when `pretrained`, else random init."""
     if pretrained and cfg.source is not None:
         src, rev = cfg.source, cfg.revision
-        unet = UNet2DConditionModel.from_pretrained(src, revision=rev, subfolder="unet", use_safetensors=True)
+        # An explicit dtype (the pipeline's files may be fp16 / bf16): parts are cast to the model's dtype after.
+        unet = UNet2DConditionModel.from_pretrained(
+            src, revision=rev, subfolder="unet", use_safetensors=True, torch_dtype=torch.float32
+        )
         vae = None
         if cfg.vae_arch is not None:
-            vae = AutoencoderKL.from_pretrained(src, revision=rev, subfolder="vae", use_safetensors=True)
+            vae = AutoencoderKL.from_pretrained(
+                src, revision=rev, subfolder="vae", use_safetensors=True, torch_dtype=torch.float32
+            )
         return DiffusionDecoder(cfg, unet, vae, DDPMScheduler.from_pretrained(src, revision=rev, subfolder="scheduler"))
     vae = AutoencoderKL(**cfg.vae_arch) if cfg.vae_arch is not None else None
     return DiffusionDecoder(cfg, UNet2DConditionModel(**cfg.unet_arch), vae, DDPMScheduler(**cfg.scheduler))

@@ -23,9 +23,11 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import HFValidationError
 from torch import nn
 from transformers import AutoTokenizer
 
@@ -36,7 +38,7 @@ from vlv.conditioning import TextConditioner, build_text_conditioner
 from vlv.config import VLVConfig, derive_seed
 from vlv.diffusion import DiffusionDecoder, build_diffusion_decoder
 from vlv.images import ImageInput, to_batch
-from vlv.loading import CheckpointMismatchError, check_state_dict
+from vlv.loading import CheckpointMismatchError, SourceUnavailableError, check_state_dict, source_unavailable
 from vlv.presets import preset
 
 # The parts a model is made of, in the order a save lists them.
@@ -48,6 +50,14 @@ TRAINABLE = {
 }
 # Which config section gives each sourced sub-part its pretrained weights; the others (queries, φ, ψ) are VLV's own.
 SOURCED = {"encoder.vision": "encoder", "encoder.language_model": "encoder", "caption_decoder.llm": "captioner"}
+# Where each part's pretrained weights come from: its config section, how an error names it, and the keyword of
+# `load` (and CLI flag) that points it at a local copy.
+SOURCES = {
+    "encoder": ("encoder", "the encoder's Florence-2", "florence"),
+    "conditioner": ("teacher", "the teacher's text encoder (a diffusers Stable Diffusion pipeline)", "teacher"),
+    "decoder": ("teacher", "the teacher's UNet and VAE (a diffusers Stable Diffusion pipeline)", "teacher"),
+    "caption_decoder": ("captioner", "the caption decoder's LLM", "llm"),
+}
 
 __all__ = ["PARTS", "TRAINABLE", "VLV", "compose_embeddings", "load"]
 
@@ -63,6 +73,8 @@ class VLV(nn.Module):
         self.parts = nn.ModuleDict()
         self._directory = _directory  # the checkpoint this model was loaded from: relative sources, stored weights
         self._trained: set[str] = set(config.weights)  # sub-parts whose weights are ours to save
+        self.stage1_encoder: encoder.VLVEncoder | None = None  # embeds for reconstruction instead (`use_stage1`)
+        self._warned_no_stage1 = False
         # An empty buffer that follows `.to()`, so that parts built later land on the model's device and dtype.
         self.register_buffer("_anchor", torch.empty(0), persistent=False)
 
@@ -100,11 +112,11 @@ class VLV(nn.Module):
             # Each part draws its random init from its own stream, whatever was built before it.
             with torch.random.fork_rng(devices=[]), torch.device("meta") if meta else contextlib.nullcontext():
                 torch.manual_seed(derive_seed(self.config.seed, name))
-                module = self._build(name, pretrained=self.pretrained and not meta)
+                module = self._build_from_source(name, pretrained=self.pretrained and not meta)
             if not meta:
                 self._load_stored(name, module)
-                dtype = self._anchor.dtype if self._anchor.dtype != torch.float32 else None
-                module = module.to(device=self._anchor.device, dtype=dtype)
+                # Every part in the model's dtype, whatever its source was saved in (Qwen2.5 ships bf16 weights).
+                module = module.to(device=self._anchor.device, dtype=self._anchor.dtype)
             self.parts[name] = module
             if getattr(self, "_gradient_checkpointing", False):  # a part built after `set_gradient_checkpointing(True)`
                 self.set_gradient_checkpointing(True)
@@ -117,6 +129,20 @@ class VLV(nn.Module):
             if (self._directory / source).is_dir():
                 return str((self._directory / source).resolve())
         return source
+
+    def _build_from_source(self, name: str, *, pretrained: bool) -> nn.Module:
+        """`_build`, with a source that cannot be read (no such directory, offline hub, no such repository, missing
+        files) reported as one `SourceUnavailableError` naming the part, the source tried and how to use a local
+        copy. A source that is read but does not match (`CheckpointMismatchError`) is not caught."""
+        try:
+            return self._build(name, pretrained=pretrained)
+        except (OSError, HFValidationError) as e:
+            section, component, option = SOURCES[name]
+            source = self.resolved_source(section)
+            if source is None or isinstance(e, SourceUnavailableError):
+                raise
+            # `from None`: the hub's and the loaders' chained errors add nothing the message does not say.
+            raise source_unavailable(component, source, option, e) from None
 
     def _build(self, name: str, *, pretrained: bool) -> nn.Module:
         cfg = self.config
@@ -157,6 +183,8 @@ class VLV(nn.Module):
         if self._directory is None or not subparts:
             return
         found = checkpoint.read_tensors(self._directory, name + ".")
+        # Checkpoints written before tied weights were stored once hold copies under the tied names: the same values.
+        found = {k: v for k, v in found.items() if k not in _tied_aliases(module)}
         expected = _subpart_state(module, subparts)
         check_state_dict(expected, found, str(self._directory / checkpoint.WEIGHTS_NAME))
         # strict=False only because the other sub-parts come from their source; the check above is the strict one.
@@ -256,8 +284,10 @@ class VLV(nn.Module):
 
     @torch.no_grad()
     def embed(self, images: ImageInput | list) -> torch.Tensor:
-        """Caption embeddings z: (B, 77, D). Usable as diffusers `prompt_embeds` after `condition`."""
-        return self.encoder.eval()(self.preprocess(images))
+        """Caption embeddings z: (B, 77, D). Usable as diffusers `prompt_embeds` after `condition`. From the
+        stage-1 encoder when one was given (`use_stage1`)."""
+        enc = self.stage1_encoder if self.stage1_encoder is not None else self.encoder
+        return enc.eval()(self.preprocess(images))
 
     @torch.no_grad()
     def condition(self, z: torch.Tensor) -> torch.Tensor:
@@ -268,7 +298,8 @@ class VLV(nn.Module):
     def caption(self, images: ImageInput | list, **options) -> list[str]:
         """One caption per image; generation stops at EOS. options: fields of `GenerateOptions` (max_new_tokens,
         num_beams, repetition_penalty, no_repeat_ngram_size); None or absent = the model's default."""
-        c = self.condition(self.embed(images))
+        # Always this model's own encoder: the one its caption decoder was trained on.
+        c = self.condition(self.encoder.eval()(self.preprocess(images)))
         return self.caption_decoder.eval().generate(c, _options(self.config.generation, options))
 
     @torch.no_grad()
@@ -276,6 +307,7 @@ class VLV(nn.Module):
         """Decode each image's z with the frozen diffusion model → (B, 3, S, S) in [0, 1].
 
         options: fields of `SampleOptions` (steps, guidance, sampler, timestep_spacing)."""
+        self._warn_without_stage1()
         return self.sample(self.condition(self.embed(images)), seed=seed, **options)
 
     @torch.no_grad()
@@ -283,8 +315,33 @@ class VLV(nn.Module):
         self, images: ImageInput | list, *, splits: list[int] | None = None, seed: int | None = 0, **options
     ) -> torch.Tensor:
         """One image from several: splice their z (see `compose_embeddings`) and decode → (1, 3, S, S)."""
+        self._warn_without_stage1()
         z = compose_embeddings(self.embed(images), splits)
         return self.sample(self.condition(z), seed=seed, **options)
+
+    def use_stage1(self, directory: str | os.PathLike) -> None:
+        """Embed, reconstruct and compose with the encoder of the stage-1 checkpoint at `directory` (trained with
+        this model's teacher); captions keep this model's own encoder. For a converted official captioner, whose
+        encoder is the stage-2 one (`config.reconstructs` False). Not written by `save_pretrained`."""
+        stage1 = VLV.from_pretrained(directory)
+        if not stage1.config.reconstructs:
+            raise ValueError(f"{directory} holds no stage-1 encoder either (its config says reconstructs: false)")
+        if stage1.config.encoder.z_dim != self.config.encoder.z_dim:
+            raise ValueError(
+                f"{directory}: z width {stage1.config.encoder.z_dim} ≠ this model's {self.config.encoder.z_dim}"
+            )
+        self.stage1_encoder = stage1.encoder.to(device=self.device, dtype=self._anchor.dtype)
+
+    def _warn_without_stage1(self) -> None:
+        """Warn once per model when reconstructing without a stage-1 encoder (see `VLVConfig.reconstructs`)."""
+        if not self.config.reconstructs and self.stage1_encoder is None and not self._warned_no_stage1:
+            self._warned_no_stage1 = True
+            warnings.warn(
+                "reconstruction needs a stage-1 encoder, and this model's is not one (a converted official "
+                "captioner: its Florence language model trained on in stage 2), so its reconstructions are poor; "
+                "give one with vlv.load(..., stage1=DIR) or vlv reconstruct --stage1 DIR",
+                stacklevel=4,  # the caller of reconstruct / compose (under their no_grad wrapper)
+            )
 
     @torch.no_grad()
     def sample(self, c: torch.Tensor, *, seed: int | None = 0, **options) -> torch.Tensor:
@@ -349,13 +406,21 @@ class VLV(nn.Module):
             checkpoint.write_json(out / checkpoint.TRAINING_NAME, training)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, teacher: str | None = None) -> VLV:
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        florence: str | None = None,
+        teacher: str | None = None,
+        llm: str | None = None,
+    ) -> VLV:
         """Load a directory written by `save_pretrained`; strict about every weight.
 
-        teacher: a diffusers folder (or hub id) to use instead of the checkpoint's own teacher.
+        florence, teacher, llm: a local directory (or hub id) to use instead of the checkpoint's source of that part
+        (parts whose weights the checkpoint stores are not read from it).
         """
         d = Path(directory)
-        config = _with_teacher(checkpoint.read_config(d), teacher)
+        config = _with_sources(checkpoint.read_config(d), florence=florence, teacher=teacher, llm=llm)
         _check_weights(config, d)
         return cls(config, _directory=d)
 
@@ -370,19 +435,35 @@ def _subparts_of(part: str, subparts) -> list[str]:
     return [s for s in subparts if s.split(".")[0] == part]
 
 
-def _with_teacher(config: VLVConfig, teacher: str | None) -> VLVConfig:
-    """`config` with its teacher taken from `teacher` (a diffusers folder or hub id) when one is given."""
-    if teacher is None:
-        return config
-    return dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, source=str(teacher)))
+def _with_sources(
+    config: VLVConfig, *, florence: str | None = None, teacher: str | None = None, llm: str | None = None
+) -> VLVConfig:
+    """`config` with the sources that are given (a local directory or hub id) in place of its own: `florence` for
+    the encoder, `teacher` for the diffusers pipeline, `llm` for the caption decoder."""
+    given = {"encoder": florence, "teacher": teacher, "captioner": llm}
+    changes = {
+        section: dataclasses.replace(getattr(config, section), source=str(source))
+        for section, source in given.items()
+        if source is not None
+    }
+    return dataclasses.replace(config, **changes)
+
+
+def _tied_aliases(module: nn.Module) -> set[str]:
+    """Names under which a parameter is reached a second time (tied weights: Qwen's `lm_head` is its input
+    embedding, BART's encoder and decoder `embed_tokens` are its `shared`). A checkpoint stores each tensor once,
+    under its first name; loading the first name fills the others, since they are the same parameter."""
+    every = {name for name, _ in module.named_parameters(remove_duplicate=False)}
+    return every - {name for name, _ in module.named_parameters()}
 
 
 def _subpart_state(module: nn.Module, subparts: list[str]) -> dict[str, torch.Tensor]:
-    """The entries of a part's state dict that belong to the given sub-parts."""
+    """The entries of a part's state dict that belong to the given sub-parts, each tied tensor once."""
     prefixes = tuple(p for s in subparts for p in TRAINABLE[s])
     # An LLM with LoRA adapters is saved without them, under its plain keys: the format stays that of a plain model.
     state = module.base_state_dict() if isinstance(module, CaptionDecoder) else module.state_dict()
-    return {k: v for k, v in state.items() if k.startswith(prefixes)}
+    aliases = _tied_aliases(module)
+    return {k: v for k, v in state.items() if k.startswith(prefixes) and k not in aliases}
 
 
 def _check_weights(config: VLVConfig, directory: Path) -> None:
@@ -393,12 +474,13 @@ def _check_weights(config: VLVConfig, directory: Path) -> None:
     found = checkpoint.weight_shapes(directory)
     with torch.device("meta"):
         probe = VLV(config, pretrained=False)
-        expected = {}
+        expected, aliases = {}, set()
         for part in PARTS:
             subs = _subparts_of(part, config.weights)
             if subs:
                 expected.update({f"{part}.{k}": v for k, v in _subpart_state(probe.part(part), subs).items()})
-    fake = {k: torch.empty(shape, device="meta") for k, shape in found.items()}
+                aliases |= {f"{part}.{k}" for k in _tied_aliases(probe.part(part))}
+    fake = {k: torch.empty(shape, device="meta") for k, shape in found.items() if k not in aliases}
     check_state_dict(expected, fake, str(directory / checkpoint.WEIGHTS_NAME))
 
 
@@ -407,18 +489,29 @@ def load(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    florence: str | None = None,
     teacher: str | None = None,
+    llm: str | None = None,
+    stage1: str | os.PathLike | None = None,
 ) -> VLV:
     """A VLV model from a preset name (`tiny`, `shapes`, `paper`) or a checkpoint directory.
 
     Presets load each part's pretrained `source` (random init where there is none); a directory loads the weights
     saved by `save_pretrained`. Parts are built the first time a method needs them, on `device` and in `dtype`.
-    teacher: a diffusers folder (or hub id) to use instead of the config's teacher.
+
+    florence, teacher, llm: a local directory (or another hub id) to use instead of the config's source of the
+    encoder's Florence-2, the diffusers teacher pipeline, the caption decoder's LLM — e.g. a copy made with
+    `hf download florence-community/Florence-2-large --local-dir DIR`. A source that cannot be read raises
+    `SourceUnavailableError` (an OSError) when the part is first built.
+    stage1: a stage-1 checkpoint whose encoder embeds for reconstruction (see `VLV.use_stage1`).
     """
+    sources = dict(florence=florence, teacher=teacher, llm=llm)
     if os.path.isdir(name_or_directory):
-        model = VLV.from_pretrained(name_or_directory, teacher=teacher)
+        model = VLV.from_pretrained(name_or_directory, **sources)
     elif isinstance(name_or_directory, str) and "/" not in name_or_directory and os.sep not in name_or_directory:
-        model = VLV(_with_teacher(preset(name_or_directory), teacher))
+        model = VLV(_with_sources(preset(name_or_directory), **sources))
     else:
         raise FileNotFoundError(f"no VLV checkpoint directory at {name_or_directory}")
+    if stage1 is not None:
+        model.use_stage1(stage1)
     return model.to(device=device, dtype=dtype).eval()

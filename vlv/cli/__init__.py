@@ -3,6 +3,7 @@
 vlv info --preset paper [--json]        parameters per component (built on the meta device)
 vlv info --preset paper --memory        training memory per GPU of each stage and phase [--lora-rank R]
 vlv caption --model DIR IMAGE...        caption images with a saved model (or a preset name)
+                                        [--florence DIR --teacher DIR --llm DIR: local copies of the parts]
 vlv reconstruct --model DIR --out DIR IMAGE...
 vlv train autoencoder|captioner ...     stage 1 / stage 2 (also under `accelerate launch -m vlv train ...`)
 vlv cache-latents --data D --out DIR    encode training images once with the frozen VAE
@@ -18,7 +19,22 @@ import sys
 
 # Command groups: module → adds its subcommands to the parser. The shapes world lives in its own package and is
 # imported here only to register its commands.
-GROUPS = ("vlv.cli.info", "vlv.cli.infer", "vlv.cli.train", "vlv.shapes.cli")
+GROUPS = ("vlv.cli.info", "vlv.cli.infer", "vlv.cli.train", "vlv.cli.convert", "vlv.shapes.cli")
+
+
+def source_flags() -> argparse.ArgumentParser:
+    """Flags of every command that loads a model: a local copy (or another hub id) of each pretrained part, in place
+    of the preset's or checkpoint's source (see `vlv.load`)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--florence", default=None, help="Florence-2 directory (transformers-native layout) for the encoder")
+    p.add_argument("--teacher", default=None, help="diffusers Stable Diffusion pipeline directory for the teacher")
+    p.add_argument("--llm", default=None, help="causal LM directory (with its tokenizer) for the caption decoder")
+    return p
+
+
+def sources(args: argparse.Namespace) -> dict:
+    """The `vlv.load` keywords given by `source_flags`."""
+    return dict(florence=args.florence, teacher=args.teacher, llm=args.llm)
 
 
 def build_parser() -> argparse.ArgumentParser:

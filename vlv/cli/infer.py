@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import vlv
+from vlv.cli import source_flags, sources
 from vlv.images import to_pil
 
 
@@ -40,17 +41,22 @@ def generate_flags() -> argparse.ArgumentParser:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("caption", parents=[model_flags(), generate_flags()], help="caption images (JSON lines)")
+    p = sub.add_parser(
+        "caption", parents=[model_flags(), source_flags(), generate_flags()], help="caption images (JSON lines)"
+    )
     p.set_defaults(func=caption)
     p = sub.add_parser(
-        "reconstruct", parents=[model_flags(), sample_flags()], help="reconstruct images through the frozen teacher"
+        "reconstruct",
+        parents=[model_flags(), source_flags(), sample_flags()],
+        help="reconstruct images through the frozen teacher",
     )
     p.add_argument("--out", required=True, help="folder for the reconstructed PNGs")
+    p.add_argument("--stage1", default=None, help="stage-1 checkpoint whose encoder embeds (for a converted captioner)")
     p.set_defaults(func=reconstruct)
 
 
 def caption(args: argparse.Namespace) -> int:
-    model = vlv.load(args.model, device=args.device)
+    model = vlv.load(args.model, device=args.device, **sources(args))
     captions = model.caption(
         args.images,
         max_new_tokens=args.max_new_tokens,
@@ -64,7 +70,7 @@ def caption(args: argparse.Namespace) -> int:
 
 
 def reconstruct(args: argparse.Namespace) -> int:
-    model = vlv.load(args.model, device=args.device)
+    model = vlv.load(args.model, device=args.device, stage1=args.stage1, **sources(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images = model.reconstruct(

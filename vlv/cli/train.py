@@ -18,6 +18,7 @@ import torch
 
 import vlv
 from vlv.captioner import LORA_EXTRA, LoraSettings
+from vlv.cli import source_flags, sources
 from vlv.config import derive_seed
 from vlv.train.recipes import PHASE_PARTS, preset_recipes
 from vlv.train.run import MIXED_PRECISION, PhaseSpec, RunConfig, train
@@ -44,10 +45,11 @@ def add_commands(sub) -> None:
     c.add_argument("--lora-dropout", type=float, default=None, help="dropout on the LoRA adapters' input (default 0)")
     c.set_defaults(func=run_captioner, latents=None)
 
-    cache = sub.add_parser("cache-latents", help="encode training images once with the frozen VAE (stage 1 cache)")
+    cache = sub.add_parser(
+        "cache-latents", parents=[source_flags()], help="encode training images once with the frozen VAE (stage 1)"
+    )
     cache.add_argument("--preset", default=None, help="preset whose teacher encodes (tiny, shapes, paper)")
     cache.add_argument("--model", default=None, help="or a checkpoint directory")
-    cache.add_argument("--teacher", default=None, help="a diffusers pipeline folder to use as the teacher")
     cache.add_argument("--data", required=True, help="images: a folder, parquet file(s) or tar shards")
     cache.add_argument("--out", required=True, help="cache directory")
     cache.add_argument("--batch-size", type=int, default=32, help="images per VAE pass")
@@ -59,11 +61,10 @@ def add_commands(sub) -> None:
 
 
 def _common_flags() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    # what to start from
+    p = argparse.ArgumentParser(add_help=False, parents=[source_flags()])
+    # what to start from (and --florence / --teacher / --llm: local copies of the pretrained parts)
     p.add_argument("--preset", default=None, help="start from a preset (tiny, shapes, paper): its model and recipe")
     p.add_argument("--init", default=None, help="start from a checkpoint directory (stage 2: the stage-1 model)")
-    p.add_argument("--teacher", default=None, help="a diffusers pipeline folder to use as the teacher")
     # data and outputs
     p.add_argument(
         "--data", default=None, help="a folder, a parquet file or glob, or tar shards DIR/{00000..00009}.tar"
@@ -126,7 +127,7 @@ def _start(args):
     logging.basicConfig(
         level=logging.INFO if acc.is_main_process else logging.ERROR, format="%(levelname)s %(message)s"
     )
-    model = vlv.load(args.preset or args.init, device=acc.device, teacher=args.teacher).train()
+    model = vlv.load(args.preset or args.init, device=acc.device, **sources(args)).train()
     name = args.preset or model.config.name
     return acc, model, name
 
@@ -147,7 +148,7 @@ def _launch(args, acc, model, phases: list[PhaseSpec]) -> int:
     acc.init_trackers("vlv", config={"phases": ",".join(p.name for p in phases), "processes": acc.num_processes})
 
     def load_model(directory):
-        return vlv.load(directory, device=acc.device, teacher=args.teacher).train()
+        return vlv.load(directory, device=acc.device, **sources(args)).train()
 
     final = train(model, phases, run, acc, resume=resume, load_model=load_model)
     skipped = json.loads((Path(args.out) / "skipped.json").read_text()) if acc.is_main_process else {}
@@ -212,7 +213,7 @@ def run_cache(args) -> int:
 
     if (args.preset is None) == (args.model is None):
         raise ValueError("give exactly one of --preset NAME and --model DIR")
-    model = vlv.load(args.preset or args.model, device=args.device, teacher=args.teacher)
+    model = vlv.load(args.preset or args.model, device=args.device, **sources(args))
     source = open_source(args.data, image_column=args.image_column, caption_column=args.caption_column)
     summary = write_cache(model.decoder, source, args.out, batch_size=args.batch_size, shard_size=args.shard_size)
     print(f"cached {summary['count']} images in {len(summary['shards'])} shards at {args.out}")
