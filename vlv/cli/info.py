@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<14}" + "".join(f"{counts[c]:>16,}" for c in columns))
     totals = {c: sum(counts[c] for counts in info["components"].values()) for c in columns}
     print(f"{'total':<14}" + "".join(f"{totals[c]:>16,}" for c in columns))
+    for option, source in info["sources"].items():
+        print(f"--{option:<9} {source or '(random init)'}")
     return 0
 
 
