@@ -2,6 +2,7 @@ import dataclasses
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -290,3 +291,21 @@ def test_a_bf16_model_reloads_in_bf16_with_the_same_values(tmp_path, tiny_config
     back = vlv.load(tmp_path, dtype=torch.bfloat16)
     assert back.encoder.queries.dtype == torch.bfloat16 and torch.equal(back.encoder.queries, model.encoder.queries)
     assert torch.equal(back.embed(images.bfloat16()), model.embed(images.bfloat16()))
+
+
+def test_the_encoder_sees_the_same_pixels_at_training_and_inference(tmp_path, tiny_model):
+    """One preprocessing: `vlv train` crops images to the teacher's resolution and the compositions feed that crop to
+    the encoder, which resizes it inside; inference (`preprocess`) makes the same crop, never a larger one."""
+    from vlv.images import decode_image, preprocess
+
+    pixels = np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    S = tiny_model.config.teacher.image_size
+    trained_on = preprocess(decode_image(tmp_path / "wide.png"), S).float() / 255  # what the training data holds
+    assert torch.equal(tiny_model.preprocess([tmp_path / "wide.png"])[0], trained_on)
+    with torch.no_grad():
+        as_in_training = tiny_model.captioner().encoder(to_batch(trained_on[None], S))
+    assert torch.equal(tiny_model.embed([tmp_path / "wide.png"]), as_in_training)
+    # A non-square tensor is center-cropped for the encoder as for the decoder, never stretched.
+    wide = torch.rand(1, 3, S, 2 * S, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(tiny_model.embed(wide), tiny_model.embed(wide[..., S // 2 : S // 2 + S]))

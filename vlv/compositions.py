@@ -92,7 +92,7 @@ class Autoencoder(nn.Module):
             latents = dec.latents_from_moments(moments.to(device), torch.stack(vae_noise).to(device))
         else:
             latents = dec.encode_images(to_batch(images, dec.cfg.image_size))  # pixel space: deterministic
-        c = self.conditioner(self.encoder(images))  # (B, 77, D)
+        c = self.conditioner(self.encoder(to_batch(images, dec.cfg.image_size)))  # (B, 77, D)
         latents, c = latents.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (B·K, ...)
         return dec.denoising_loss(latents, c, noise=torch.stack(noise).to(device), t=torch.stack(t).to(device))
 
@@ -107,7 +107,8 @@ class Autoencoder(nn.Module):
             targets = torch.cat([images, batch["composites"]])
             inputs = torch.cat([images, batch["sources"].flatten(0, 1)])
         latents = self.decoder.encode_images(to_batch(targets, self.decoder.cfg.image_size))  # (B [+ P], C, h, w)
-        z = self.encoder(inputs)  # (B [+ 2P], 77, D)
+        # The encoder sees the very crop the decoder denoises (and inference feeds it, see `VLV.preprocess`).
+        z = self.encoder(to_batch(inputs, self.decoder.cfg.image_size))  # (B [+ 2P], 77, D)
         B = images.shape[0]
         if "composites" in batch:
             z = torch.cat([z[:B], compose_embeddings(z[B:].unflatten(0, (-1, 2)))])  # (B + P, 77, D)
@@ -120,10 +121,13 @@ class Autoencoder(nn.Module):
 class Captioner(nn.Module):
     """Stage 2 (paper §3.2): next-token loss of the captions given the prefix ψ(CLIP(z))."""
 
-    def __init__(self, encoder: VLVEncoder, conditioner: TextConditioner, caption_decoder: CaptionDecoder):
+    def __init__(
+        self, encoder: VLVEncoder, conditioner: TextConditioner, caption_decoder: CaptionDecoder, image_size: int
+    ):
         super().__init__()
         self.encoder, self.conditioner, self.caption_decoder = encoder, conditioner, caption_decoder
+        self.image_size = image_size  # the model's input crop (`VLV.preprocess`): the same pixels as inference
 
     def forward(self, batch: dict) -> torch.Tensor:
-        c = self.conditioner(self.encoder(batch["images"]))  # (B, 77, d_clip)
+        c = self.conditioner(self.encoder(to_batch(batch["images"], self.image_size)))  # (B, 77, d_clip)
         return self.caption_decoder.loss(c, batch["captions"])

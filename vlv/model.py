@@ -247,7 +247,7 @@ class VLV(nn.Module):
 
     def captioner(self) -> Captioner:
         """The stage-2 composition over this model's parts (encoder, conditioner, caption decoder)."""
-        return Captioner(self.encoder, self.conditioner, self.caption_decoder)
+        return Captioner(self.encoder, self.conditioner, self.caption_decoder, self.config.teacher.image_size)
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute activations during backward instead of keeping them from the forward, in the big networks on
@@ -279,8 +279,13 @@ class VLV(nn.Module):
     # ----- inference API -------------------------------------------------------------------------------------
 
     def preprocess(self, images: ImageInput | list) -> torch.Tensor:
-        """PIL images, paths or a (B, 3, H, W) tensor in [0, 1] → (B, 3, S, S) on the model's device."""
-        return to_batch(images, self.config.encoder.image_size).to(self.device)
+        """PIL images, paths or a (B, 3, H, W) tensor in [0, 1] → (B, 3, S, S) on the model's device.
+
+        S is the resolution the model trains at (the teacher's, paper: 384): resize the short side, center-crop —
+        the transform the training data goes through — and the encoder resizes that crop to its own input size
+        (768 for Florence-2) inside, as in training. So the encoder sees the same pixels at training and inference.
+        """
+        return to_batch(images, self.config.teacher.image_size).to(self.device)
 
     @torch.no_grad()
     def embed(self, images: ImageInput | list) -> torch.Tensor:

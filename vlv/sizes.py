@@ -83,13 +83,13 @@ def set_precision(model: VLV, trainable: tuple[str, ...], dtype: torch.dtype, lo
 
 
 def training_batch(config: VLVConfig, stage: str, batch_size: int) -> dict:
-    """A batch of the run's shape: images at the teacher's size (stage 1) or the encoder's (stage 2, whose captions
-    are `max_caption_tokens` words long: the longest caption sets the padded length)."""
+    """A batch of the run's shape: images at the model's input crop, the teacher's size (`VLV.preprocess`), and in
+    stage 2 captions `max_caption_tokens` words long (the longest caption sets the padded length)."""
+    size = config.teacher.image_size
+    images = torch.rand(batch_size, 3, size, size)
     if stage == "stage1":
-        return {"images": torch.rand(batch_size, 3, config.teacher.image_size, config.teacher.image_size)}
-    words = " ".join(["a"] * config.captioner.max_caption_tokens)
-    size = config.encoder.image_size
-    return {"images": torch.rand(batch_size, 3, size, size), "captions": [words] * batch_size}
+        return {"images": images}
+    return {"images": images, "captions": [" ".join(["a"] * config.captioner.max_caption_tokens)] * batch_size}
 
 
 class _ForwardStorages(TorchDispatchMode):
