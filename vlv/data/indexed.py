@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Sampler
 
 from vlv.config import derive_seed
 from vlv.data.readers import FolderUnit, Record
-from vlv.images import UnreadableImage, decode_image, preprocess
+from vlv.data.stream import load_record
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +71,6 @@ class IndexedBatches(Dataset):
             self._perm = (epoch, torch.randperm(len(self.records), generator=g))
         return int(self._perm[1][i])
 
-    def load(self, record: Record) -> tuple[dict | None, str | None]:
-        """A record → (its tensors, None), or (None, the reason it is skipped)."""
-        if record.skip:
-            return None, record.skip
-        if self.require_captions and not (record.caption and record.caption.strip()):
-            return None, "no caption"
-        if isinstance(record.data, dict):
-            return record.data, None
-        try:
-            return {"images": preprocess(decode_image(record.data), self.image_size)}, None  # (3, S, S) uint8
-        except UnreadableImage as e:
-            return None, e.reason
-
     def __getitem__(self, u: int) -> dict:
         step, m = divmod(u, self.A)
         first = step * self.B + (self.rank * self.A + m) * self.b
@@ -93,7 +80,7 @@ class IndexedBatches(Dataset):
         while True:
             for p in positions:
                 record = self.records[self.index(p)]
-                fields, reason = self.load(record)
+                fields, reason = load_record(record, self.image_size, require_captions=self.require_captions)
                 if fields is None:
                     skipped.append((record.key, reason))
                 else:

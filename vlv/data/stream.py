@@ -95,7 +95,7 @@ class DataStream(IterableDataset):
                 if epoch is not None and whole and usable == 0:
                     raise RuntimeError(f"slot {slot} read no usable record in epoch {epoch} of {self.source.spec}")
                 epoch, usable = position["epoch"], 0
-            fields, reason = self._load(record)
+            fields, reason = load_record(record, self.image_size, require_captions=self.require_captions)
             if fields is None:
                 skipped.append((record.key, reason))
                 continue
@@ -155,18 +155,22 @@ class DataStream(IterableDataset):
         rng.shuffle(buffer)
         yield from buffer
 
-    def _load(self, record: Record) -> tuple[dict[str, torch.Tensor] | None, str | None]:
-        """A record → (its tensors, None), or (None, the reason to skip it)."""
-        if record.skip:
-            return None, record.skip
-        if self.require_captions and not (record.caption and record.caption.strip()):
-            return None, "no caption"
-        if isinstance(record.data, dict):
-            return record.data, None
-        try:
-            return {"images": preprocess(decode_image(record.data), self.image_size)}, None  # (3, S, S) uint8
-        except UnreadableImage as e:
-            return None, e.reason
+
+def load_record(
+    record: Record, image_size: int, *, require_captions: bool = False
+) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """A record → (its tensors, None), or (None, the reason to skip it): the one decoding step of streamed and
+    index-addressed data alike. Records already holding tensors (a latent cache) pass untouched."""
+    if record.skip:
+        return None, record.skip
+    if require_captions and not (record.caption and record.caption.strip()):
+        return None, "no caption"
+    if isinstance(record.data, dict):
+        return record.data, None
+    try:
+        return {"images": preprocess(decode_image(record.data), image_size)}, None  # (3, S, S) uint8
+    except UnreadableImage as e:
+        return None, e.reason
 
 
 def _every_nth(records: Iterable[Record], running: Iterator[int], n: int, slot: int) -> Iterator[Record]:
