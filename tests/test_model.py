@@ -309,3 +309,89 @@ def test_the_encoder_sees_the_same_pixels_at_training_and_inference(tmp_path, ti
     # A non-square tensor is center-cropped for the encoder as for the decoder, never stretched.
     wide = torch.rand(1, 3, S, 2 * S, generator=torch.Generator().manual_seed(1))
     assert torch.equal(tiny_model.embed(wide), tiny_model.embed(wide[..., S // 2 : S // 2 + S]))
+
+
+CAPTION_PHASE_3 = ("caption_decoder.projector", "caption_decoder.llm", "encoder.language_model")
+
+
+def _stage1_trained(config, seed: int = 0) -> VLV:
+    """A model whose encoder 'went through stage 1': trained sub-parts, moved away from their init."""
+    model = VLV(config)
+    model.set_trainable(STAGE1_PARTS)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=gen))
+    model.set_trainable(())
+    return model
+
+
+def _nudge(module: torch.nn.Module) -> None:
+    """What a training step does to a module's weights, as far as these tests care: they change."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05)
+
+
+def test_a_captioning_phase_that_trains_the_encoder_keeps_the_stage1_encoder(tiny_config, images, tmp_path):
+    model = _stage1_trained(tiny_config)
+    z = model.embed(images)
+    model.set_trainable(CAPTION_PHASE_3)
+    _nudge(model.encoder.florence.language_model)
+    model.set_trainable(())
+    assert torch.equal(model.embed(images), z)  # reconstruction still embeds with the stage-1 encoder …
+    assert not torch.allclose(model.encoder(images), z)  # … while captions use the encoder phase 3 trained
+    assert model.stage1_encoder.queries is model.encoder.queries  # what phase 3 left alone is shared, not copied
+
+    model.save_pretrained(tmp_path / "both")
+    config = json.loads((tmp_path / "both/config.json").read_text())
+    assert "stage1_encoder.language_model" in config["weights"]
+    assert not any(w.startswith("stage1_encoder.") and w != "stage1_encoder.language_model" for w in config["weights"])
+    keys = load_file(str(tmp_path / "both/model.safetensors")).keys()
+    assert any(k.startswith("stage1_encoder.florence.language_model.") for k in keys)
+    assert not any(k.startswith("stage1_encoder.queries") for k in keys)  # stored once: it equals the encoder's
+
+    reloaded = vlv.load(tmp_path / "both")
+    assert torch.equal(reloaded.embed(images), z)
+    assert torch.equal(reloaded.encoder(images), model.encoder(images))
+    torch.testing.assert_close(
+        reloaded.reconstruct(images, steps=2), model.reconstruct(images, steps=2), rtol=0, atol=0
+    )
+    reloaded.save_pretrained(tmp_path / "again")  # a copy that never built the encoder carries the stage-1 tensors over
+    vlv.load(tmp_path / "again").save_pretrained(tmp_path / "third")
+    assert torch.equal(vlv.load(tmp_path / "third").embed(images), z)
+
+
+def test_the_kept_encoder_stops_sharing_what_trains_later(tiny_config, images, tmp_path):
+    model = _stage1_trained(tiny_config)
+    z = model.embed(images)
+    model.set_trainable(CAPTION_PHASE_3)
+    model.set_trainable((*CAPTION_PHASE_3, "encoder.queries", "encoder.projection"))
+    for trained in (model.encoder.florence.language_model, model.encoder.projection):
+        _nudge(trained)
+    with torch.no_grad():
+        model.encoder.queries.add_(0.05)
+    assert torch.equal(model.embed(images), z)
+    assert model.stage1_encoder.queries is not model.encoder.queries
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["baseline", "stage1_again", "no_encoder"],
+)
+def test_no_encoder_is_kept_when_nothing_decodes_it_or_it_does_not_change(tiny_config, images, tmp_path, case):
+    if case == "baseline":  # a paired-only encoder never went through stage 1: no teacher decodes its z
+        model = VLV(tiny_config)
+        model.set_trainable(("caption_decoder.projector", "caption_decoder.llm", *STAGE1_PARTS))
+    elif case == "stage1_again":  # resuming stage 1 trains the stage-1 encoder itself
+        model = _stage1_trained(tiny_config)
+        model.set_trainable(STAGE1_PARTS)
+    else:  # phases 1 and 2 leave the encoder alone
+        model = _stage1_trained(tiny_config)
+        model.set_trainable(("caption_decoder.projector", "caption_decoder.llm"))
+    assert model.stage1_encoder is None and model.reconstruction_encoder() is model.encoder
+    model.set_trainable(())
+    model.save_pretrained(tmp_path / "m")
+    assert not any(
+        w.startswith("stage1_encoder") for w in json.loads((tmp_path / "m/config.json").read_text())["weights"]
+    )

@@ -122,12 +122,25 @@ class Captioner(nn.Module):
     """Stage 2 (paper §3.2): next-token loss of the captions given the prefix ψ(CLIP(z))."""
 
     def __init__(
-        self, encoder: VLVEncoder, conditioner: TextConditioner, caption_decoder: CaptionDecoder, image_size: int
+        self,
+        encoder: VLVEncoder,
+        conditioner: TextConditioner,
+        caption_decoder: CaptionDecoder,
+        image_size: int,
+        *,
+        denoising: Autoencoder | None = None,
+        denoising_weight: float = 0.0,
     ):
+        """denoising, denoising_weight: add `denoising_weight` × the stage-1 loss of the same images (an
+        `Autoencoder` over the same encoder), so that an encoder trained for captions stays one the teacher decodes."""
         super().__init__()
         self.encoder, self.conditioner, self.caption_decoder = encoder, conditioner, caption_decoder
         self.image_size = image_size  # the model's input crop (`VLV.preprocess`): the same pixels as inference
+        self.denoising, self.denoising_weight = denoising, denoising_weight
 
     def forward(self, batch: dict) -> torch.Tensor:
         c = self.conditioner(self.encoder(to_batch(batch["images"], self.image_size)))  # (B, 77, d_clip)
-        return self.caption_decoder.loss(c, batch["captions"])
+        loss = self.caption_decoder.loss(c, batch["captions"])
+        if self.denoising is not None and self.denoising_weight > 0:
+            loss = loss + self.denoising_weight * self.denoising({"images": batch["images"]})
+        return loss

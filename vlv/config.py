@@ -98,8 +98,9 @@ class VLVConfig:
     sampling: SampleOptions = SampleOptions()
     generation: GenerateOptions = GenerateOptions()
     seed: int = 0  # seed of every random initialisation (queries, φ, ψ, random-init components)
-    # The parts whose weights the checkpoint's model.safetensors holds (names in `vlv.model.PARTS`): what trained,
-    # and what has no other source. Every other part is built from its `source`, or from the seed.
+    # The parts whose weights the checkpoint's model.safetensors holds (names in `vlv.model.TRAINABLE`): what
+    # trained, and what has no other source. Every other part is built from its `source`, or from the seed. Also
+    # `stage1_encoder.<sub-part>`: the kept stage-1 encoder's sub-parts that differ from the encoder's.
     weights: tuple[str, ...] = ()
     # Whether the encoder's z is what the teacher learned to decode (a stage-1 encoder). False for a converted
     # official captioner (`vlv convert official`), whose encoder trained on in stage 2: reconstruct / compose then

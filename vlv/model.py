@@ -12,6 +12,12 @@ frozen. What `save_pretrained` writes into model.safetensors follows from it: ev
 part that has no source to be rebuilt from (the queries, φ, ψ, random-init components). An LLM that did not train
 is referenced by its source, not copied.
 
+A model keeps the encoder whose z the teacher decodes. Stage 2's last progressive phase trains the encoder's BART
+for captioning, which moves z away from what the teacher learned to decode; so when a captioning phase starts to
+train a stage-1 encoder, `set_trainable` first keeps a frozen copy of what is about to change (`stage1_encoder`,
+sharing every other weight), and `embed` / `reconstruct` / `compose` use it. A save stores the copy's sub-parts that
+differ from the encoder's under `stage1_encoder.*`, nothing when they are equal.
+
 The LLM may train through LoRA adapters instead (`set_trainable(..., lora=...)`). Until `merge_lora` folds them in,
 a save holds the LLM's base weights (as they were when the adapters were added) under their plain keys, and the
 adapters are the caller's to keep (`caption_decoder.adapter_state()`); after it, the LLM counts as trained.
@@ -20,6 +26,7 @@ adapters are the caller's to keep (`caption_decoder.adapter_state()`); after it,
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 import shutil
@@ -48,6 +55,10 @@ TRAINABLE = {
     **{f"encoder.{name}": prefixes for name, prefixes in encoder.SUBPARTS.items()},
     **{f"caption_decoder.{name}": prefixes for name, prefixes in captioner.SUBPARTS.items()},
 }
+# The frozen copy of a stage-1 encoder that the model keeps for reconstruction, and the sub-parts a save can hold
+# of it (the encoder's, under this prefix).
+STAGE1 = "stage1_encoder"
+STAGE1_SUBPARTS = tuple(f"{STAGE1}.{name}" for name in encoder.SUBPARTS)
 # Which config section gives each sourced sub-part its pretrained weights; the others (queries, φ, ψ) are VLV's own.
 SOURCED = {"encoder.vision": "encoder", "encoder.language_model": "encoder", "caption_decoder.llm": "captioner"}
 # Where each part's pretrained weights come from: its config section, how an error names it, and the keyword of
@@ -72,8 +83,10 @@ class VLV(nn.Module):
         self.pretrained = pretrained
         self.parts = nn.ModuleDict()
         self._directory = _directory  # the checkpoint this model was loaded from: relative sources, stored weights
-        self._trained: set[str] = set(config.weights)  # sub-parts whose weights are ours to save
-        self.stage1_encoder: encoder.VLVEncoder | None = None  # embeds for reconstruction instead (`use_stage1`)
+        # Sub-parts whose weights are ours to save (the stage-1 copy's are decided at save time).
+        self._trained: set[str] = {w for w in config.weights if w not in STAGE1_SUBPARTS}
+        # The encoder that embeds for reconstruction when it is not `encoder` (see `reconstruction_encoder`).
+        self.stage1_encoder: encoder.VLVEncoder | None = None
         self._warned_no_stage1 = False
         # An empty buffer that follows `.to()`, so that parts built later land on the model's device and dtype.
         self.register_buffer("_anchor", torch.empty(0), persistent=False)
@@ -205,6 +218,9 @@ class VLV(nn.Module):
         unknown = set(parts) - set(TRAINABLE)
         if unknown:
             raise ValueError(f"unknown trainable parts {sorted(unknown)}; choose from {sorted(TRAINABLE)}")
+        encoder_parts = [p.split(".", 1)[1] for p in parts if p.startswith("encoder.")]
+        if encoder_parts and any(p.startswith("caption_decoder.") for p in parts):
+            self._keep_stage1_encoder(encoder_parts)
         if "caption_decoder.llm" in parts and (lora is not None or "caption_decoder" in self.parts):
             carried = self.caption_decoder.lora
             if carried is not None and carried != lora:
@@ -226,6 +242,70 @@ class VLV(nn.Module):
         # An LLM that trains through adapters keeps its own weights until they are merged (merge_lora).
         self._trained |= set(parts) - ({"caption_decoder.llm"} if lora is not None else set())
 
+    def _keep_stage1_encoder(self, changing: list[str]) -> None:
+        """Before a captioning phase trains the encoder sub-parts `changing`: keep them, as they are now, in the
+        frozen stage-1 copy that reconstruction embeds with. Nothing to keep when the encoder never trained (the
+        paired-only baseline: no teacher decodes its z) or is no stage-1 encoder (a converted captioner)."""
+        if self.reconstruction_encoder() is self.encoder:
+            trained_encoder = any(p.startswith("encoder.") for p in self._trained)
+            if self.config.reconstructs and trained_encoder:
+                self.stage1_encoder = self._copy_encoder(own=changing)
+            return
+        # A copy exists (an earlier phase, or a checkpoint): it must own what trains now instead of sharing it.
+        prefixes = tuple(p for sub in changing for p in encoder.SUBPARTS[sub])
+        shared = {id(p) for p in self.encoder.parameters()}
+        clones: dict[int, nn.Parameter] = {}
+        for name, p in list(self.stage1_encoder.named_parameters(remove_duplicate=False)):
+            if name.startswith(prefixes) and id(p) in shared:
+                # Tied weights (BART's shared embeddings) are reached under several names: one clone for all of them.
+                clone = clones.setdefault(id(p), nn.Parameter(p.detach().clone(), requires_grad=False))
+                owner, _, leaf = name.rpartition(".")
+                setattr(self.stage1_encoder.get_submodule(owner), leaf, clone)
+
+    def _copy_encoder(self, own: list[str]) -> encoder.VLVEncoder:
+        """A frozen, eval-mode copy of the encoder with its own tensors for the sub-parts `own` (names in
+        `encoder.SUBPARTS`) and the very same parameters as the encoder for the others: no memory for what is equal.
+        The shared ones must not train while shared (`_keep_stage1_encoder` gives the copy its own first)."""
+        prefixes = tuple(p for sub in own for p in encoder.SUBPARTS[sub])
+        memo = {id(p): p for name, p in self.encoder.named_parameters() if not name.startswith(prefixes)}
+        copied = copy.deepcopy(self.encoder, memo)
+        for name, p in copied.named_parameters():
+            if name.startswith(prefixes):
+                p.requires_grad_(False)
+        copied.vision_trainable = False
+        return copied.eval()
+
+    def reconstruction_encoder(self) -> encoder.VLVEncoder:
+        """The encoder whose z the teacher decodes: the kept stage-1 encoder when the model has one (stage 2 trained
+        the encoder further, or `use_stage1`), else the model's own. Captions always use `encoder`."""
+        stored = [s.split(".", 1)[1] for s in self.config.weights if s in STAGE1_SUBPARTS]
+        if self.stage1_encoder is None and stored and self._directory is not None:
+            copied = self._copy_encoder(own=stored)
+            found = checkpoint.read_tensors(self._directory, STAGE1 + ".")
+            expected = _subpart_state(copied, [f"encoder.{sub}" for sub in stored])
+            check_state_dict(expected, found, str(self._directory / checkpoint.WEIGHTS_NAME))
+            copied.load_state_dict(found, strict=False)  # the other sub-parts are the encoder's own tensors
+            self.stage1_encoder = copied
+        return self.stage1_encoder if self.stage1_encoder is not None else self.encoder
+
+    def _stage1_state(self) -> tuple[list[str], dict[str, torch.Tensor]]:
+        """What a save holds of the stage-1 copy: the names (in `STAGE1_SUBPARTS`) of its sub-parts that differ from
+        the encoder's, and their tensors (keys under `STAGE1.`)."""
+        stored = [s for s in self.config.weights if s in STAGE1_SUBPARTS]
+        if self.stage1_encoder is None and stored and "encoder" not in self.parts:  # never built: copy it over
+            tensors = checkpoint.read_tensors(self._directory, STAGE1 + ".")
+            return stored, {f"{STAGE1}.{k}": v for k, v in tensors.items()}
+        kept = self.reconstruction_encoder()
+        names, state = [], {}
+        if kept is self.encoder:
+            return names, state
+        for sub in encoder.SUBPARTS:
+            mine, theirs = _subpart_state(kept, [f"encoder.{sub}"]), _subpart_state(self.encoder, [f"encoder.{sub}"])
+            if any(not torch.equal(mine[k], theirs[k]) for k in mine):
+                names.append(f"{STAGE1}.{sub}")
+                state.update({f"{STAGE1}.{k}": v for k, v in mine.items()})
+        return names, state
+
     def merge_lora(self) -> None:
         """Fold the LLM's LoRA adapters into its weights (W ← W + (alpha / rank)·B·A) and drop them: the LLM is a
         plain Qwen2ForCausalLM again, and is saved as a trained part from now on."""
@@ -245,9 +325,18 @@ class VLV(nn.Module):
         """The stage-1 composition over this model's parts (encoder, conditioner, decoder)."""
         return Autoencoder(self.encoder, self.conditioner, self.decoder, noises_per_image=noises_per_image)
 
-    def captioner(self) -> Captioner:
-        """The stage-2 composition over this model's parts (encoder, conditioner, caption decoder)."""
-        return Captioner(self.encoder, self.conditioner, self.caption_decoder, self.config.teacher.image_size)
+    def captioner(self, *, denoising_weight: float = 0.0) -> Captioner:
+        """The stage-2 composition over this model's parts (encoder, conditioner, caption decoder); with a
+        `denoising_weight` > 0 it adds that times the stage-1 loss of the same images (teacher's UNet, VAE too)."""
+        denoising = self.autoencoder() if denoising_weight > 0 else None
+        return Captioner(
+            self.encoder,
+            self.conditioner,
+            self.caption_decoder,
+            self.config.teacher.image_size,
+            denoising=denoising,
+            denoising_weight=denoising_weight,
+        )
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute activations during backward instead of keeping them from the forward, in the big networks on
@@ -291,8 +380,7 @@ class VLV(nn.Module):
     def embed(self, images: ImageInput | list) -> torch.Tensor:
         """Caption embeddings z: (B, 77, D). Usable as diffusers `prompt_embeds` after `condition`. From the
         stage-1 encoder when one was given (`use_stage1`)."""
-        enc = self.stage1_encoder if self.stage1_encoder is not None else self.encoder
-        return enc.eval()(self.preprocess(images))
+        return self.reconstruction_encoder().eval()(self.preprocess(images))
 
     @torch.no_grad()
     def condition(self, z: torch.Tensor) -> torch.Tensor:
@@ -339,7 +427,11 @@ class VLV(nn.Module):
 
     def _warn_without_stage1(self) -> None:
         """Warn once per model when reconstructing without a stage-1 encoder (see `VLVConfig.reconstructs`)."""
-        if not self.config.reconstructs and self.stage1_encoder is None and not self._warned_no_stage1:
+        if (
+            not self.config.reconstructs
+            and self.reconstruction_encoder() is self.encoder
+            and not self._warned_no_stage1
+        ):
             self._warned_no_stage1 = True
             warnings.warn(
                 "reconstruction needs a stage-1 encoder, and this model's is not one (a converted official "
@@ -384,6 +476,8 @@ class VLV(nn.Module):
             # A teacher with no other source travels inside the checkpoint, in the diffusers layout.
             self.conditioner.save_pretrained(str(out / checkpoint.TEACHER_DIR))
             self.decoder.save_pretrained(str(out / checkpoint.TEACHER_DIR))
+            if self.decoder.vae is not None:  # a latent teacher is a Stable Diffusion pipeline: say so to diffusers
+                checkpoint.write_json(out / checkpoint.TEACHER_DIR / "model_index.json", _pipeline_index(self))
             config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, source="teacher"))
         if "caption_decoder" in self.parts:
             self.caption_decoder.tokenizer.save_pretrained(out / checkpoint.TOKENIZER_DIR)
@@ -392,8 +486,8 @@ class VLV(nn.Module):
                 shutil.copytree(
                     self._directory / checkpoint.TOKENIZER_DIR, out / checkpoint.TOKENIZER_DIR, dirs_exist_ok=True
                 )
-        stored = self.stored_parts()
-        state = {}
+        stage1_names, state = self._stage1_state()
+        stored = self.stored_parts() + stage1_names
         for part in PARTS:
             subs = _subparts_of(part, stored)
             if not subs:
@@ -428,6 +522,26 @@ class VLV(nn.Module):
         config = _with_sources(checkpoint.read_config(d), florence=florence, teacher=teacher, llm=llm)
         _check_weights(config, d)
         return cls(config, _directory=d)
+
+
+def _pipeline_index(model: VLV) -> dict:
+    """model_index.json of the saved teacher folder, so that diffusers' `StableDiffusionPipeline.from_pretrained`
+    loads it (and takes `vlv embed`'s prompt_embeds); it has no safety checker."""
+    import diffusers
+
+    return {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "text_encoder": ["transformers", type(model.conditioner.text_encoder).__name__],
+        "tokenizer": ["transformers", type(model.conditioner.tokenizer).__name__],
+        "unet": ["diffusers", type(model.decoder.unet).__name__],
+        "vae": ["diffusers", type(model.decoder.vae).__name__],
+        "scheduler": ["diffusers", type(model.decoder.scheduler).__name__],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "requires_safety_checker": False,
+    }
 
 
 def _options(defaults, overrides: dict):
@@ -473,18 +587,20 @@ def _subpart_state(module: nn.Module, subparts: list[str]) -> dict[str, torch.Te
 
 def _check_weights(config: VLVConfig, directory: Path) -> None:
     """Compare the weights file with the parts its config lists, on the meta device (nothing is allocated)."""
-    unknown = set(config.weights) - set(TRAINABLE)
+    unknown = set(config.weights) - set(TRAINABLE) - set(STAGE1_SUBPARTS)
     if unknown:
         raise CheckpointMismatchError(f"{directory}: config lists unknown parts {sorted(unknown)}")
     found = checkpoint.weight_shapes(directory)
     with torch.device("meta"):
         probe = VLV(config, pretrained=False)
         expected, aliases = {}, set()
-        for part in PARTS:
+        for part in (*PARTS, STAGE1):
             subs = _subparts_of(part, config.weights)
             if subs:
-                expected.update({f"{part}.{k}": v for k, v in _subpart_state(probe.part(part), subs).items()})
-                aliases |= {f"{part}.{k}" for k in _tied_aliases(probe.part(part))}
+                module = probe.part("encoder" if part == STAGE1 else part)  # the stage-1 copy has the encoder's shape
+                subs = [f"encoder.{s.split('.', 1)[1]}" for s in subs] if part == STAGE1 else subs
+                expected.update({f"{part}.{k}": v for k, v in _subpart_state(module, subs).items()})
+                aliases |= {f"{part}.{k}" for k in _tied_aliases(module)}
     fake = {k: torch.empty(shape, device="meta") for k, shape in found.items() if k not in aliases}
     check_state_dict(expected, fake, str(directory / checkpoint.WEIGHTS_NAME))
 

@@ -64,11 +64,24 @@ def test_the_saved_model_captions_as_the_demo_scored_it(quick_run):
     assert [p["name"] for p in training["stage2"]["phases"]] == ["mlp", "llm", "encoder"]
     assert training["n_pairs"] == DemoConfig.quick().n_pairs
     config = json.loads((out / "model/config.json").read_text())
-    # Everything the demo trained is stored: the stage-1 encoder, ψ, and the LLM (it has no source to refer to).
+    # Everything the demo trained is stored: the encoder, ψ, the LLM (it has no source to refer to), and the stage-1
+    # BART that phase 3 trained on (the kept stage-1 encoder shares every other tensor with the encoder).
     assert set(config["weights"]) == {f"encoder.{p}" for p in ("vision", "language_model", "queries", "projection")} | {
         "caption_decoder.projector",
         "caption_decoder.llm",
+        "stage1_encoder.language_model",
     }
+
+
+def test_the_saved_model_reconstructs_with_its_stage1_encoder(quick_run):
+    """One checkpoint does both: the final model embeds (for reconstruction and composition) exactly as the stage-1
+    model did, while its captioner's encoder moved on in phase 3."""
+    out, _ = quick_run
+    final, stage1 = vlv.load(out / "model"), vlv.load(out / "stage1")
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(final.embed(images), stage1.embed(images))
+    assert not torch.allclose(final.encoder(images), stage1.encoder(images))
+    assert torch.equal(final.reconstruct(images[:2], steps=2), stage1.reconstruct(images[:2], steps=2))
 
 
 def test_a_second_run_in_the_same_process_gives_the_same_metrics(quick_run, tmp_path):

@@ -58,6 +58,13 @@ def add_commands(sub) -> None:
     p.add_argument(
         "--from-scratch", action="store_true", help="train stage 1 here instead of starting from the committed encoder"
     )
+    p.add_argument(
+        "--phase3-denoising",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="add W × the stage-1 denoising loss in progressive phase 3 (one encoder for captions and reconstruction)",
+    )
     p.set_defaults(func=demo)
 
 
@@ -109,7 +116,46 @@ def demo(args: argparse.Namespace) -> int:
     if not Path(teacher, "unet").is_dir():
         raise FileNotFoundError(f"no shapes teacher at {teacher}; run `vlv demo --train-teacher` to train one")
     cfg = DemoConfig.quick() if args.quick else DemoConfig.full(from_scratch=args.from_scratch)
+    cfg = dataclasses.replace(cfg, phase3_denoising=args.phase3_denoising)
     metrics = run_shapes_demo(out, cfg, teacher=teacher, ablations=args.ablations)
     print(json.dumps({k: v for k, v in metrics.items() if k != "details"}, indent=2))
     print(f"wrote {out / 'report.html'}, {out / 'metrics.json'} and the model at {out / 'model'}")
+    return 0
+
+
+def add_eval_command(evals, name: str, common) -> None:
+    """`vlv eval shapes`: every evaluation protocol in the shapes world (registered by `vlv.cli.eval`)."""
+    p = evals.add_parser(name, parents=[common], help="all protocols on held-out shapes scenes, against ground truth")
+    p.add_argument("--baseline", default=None, help="a second model to score beside it (the demo's OUT/baseline)")
+    p.add_argument("--scenes", type=int, default=200, help="held-out scenes")
+    p.add_argument("--vqa-reader", default=None, help="a trained VQA reader (default: train one into OUT/vqa_reader)")
+    p.add_argument("--reader-steps", type=int, default=800, help="training steps of the attribute reader")
+    p.set_defaults(func=evaluate)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    import vlv
+    from vlv.cli import sources
+    from vlv.eval.protocols import write_results
+    from vlv.shapes.demo import DemoConfig, heldout_scenes
+    from vlv.shapes.evaluate import evaluate_suite
+    from vlv.shapes.reader import train_reader
+    from vlv.shapes.vqa import train_vqa_reader
+
+    out = Path(args.out)
+    model = vlv.load(args.model, device=args.device, **sources(args))
+    baseline = vlv.load(args.baseline, device=args.device) if args.baseline else None
+    cfg = DemoConfig.full()
+    scenes = heldout_scenes(dataclasses.replace(cfg, eval_scenes=args.scenes))
+    reader = train_reader(steps=args.reader_steps, seed=args.seed)  # the demo's attribute reader (800 steps)
+    vqa_reader = args.vqa_reader
+    if vqa_reader is None:
+        vqa_reader = out / "vqa_reader"
+        if not (vqa_reader / "config.json").is_file():
+            train_vqa_reader(vqa_reader, seed=args.seed)
+    results = evaluate_suite(model, scenes, reader, vqa_reader, baseline=baseline, seed=args.seed)
+    results["model"], results["baseline"] = str(args.model), args.baseline
+    json_path, md_path = write_results(out, results, title=f"shapes evaluation of {args.model}")
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}")
     return 0

@@ -6,14 +6,14 @@
 Stage 1 is the expensive step on 2 CPU cores, so `make demo` starts from the committed stage-1 checkpoint
 (`assets/shapes_encoder`, trained on renders only by `vlv shapes train-encoder`); `vlv demo --from-scratch` trains a
 shorter stage 1 itself and caches it under OUT/stage1, so a second run can skip it. Everything is seeded.
-Results: OUT/metrics.json, OUT/logs.json, OUT/report.html, and the final model at OUT/model (loadable with
-`vlv.load`). Reconstruction and composition are measured with the stage-1 auto-encoder, captions with the final
-model.
+Results: OUT/metrics.json, OUT/logs.json, OUT/report.html, the final model at OUT/model (loadable with `vlv.load`)
+and the paired-only baseline at OUT/baseline. The final model captions with its stage-2 encoder and reconstructs and
+composes with the stage-1 encoder it keeps; every number is measured on that model.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import platform
 import time
@@ -61,6 +61,8 @@ class DemoConfig:
     # `--ablations`: shorter stage-1 runs from scratch (the demo's own encoder is the largest size), and N values.
     ablation_stage1_steps: tuple[int, ...] = (250, 1000)
     ablation_pairs: tuple[int, ...] = (100, 1000, 10_000)
+    # > 0: progressive phase 3 also keeps this × the stage-1 denoising loss (`Phase.denoising_weight`).
+    phase3_denoising: float = 0.0
 
     @classmethod
     def full(cls, *, from_scratch: bool = False) -> DemoConfig:
@@ -94,7 +96,10 @@ class DemoConfig:
 
     def stage2(self) -> CaptionerRecipe:
         """The progressive phases, each with 20 warmup steps and cosine decay to zero."""
-        return progressive(self.phase_steps, self._stage2_optim(), batch_size=self.batch_size)
+        recipe = progressive(self.phase_steps, self._stage2_optim(), batch_size=self.batch_size)
+        *first, last = recipe.phases
+        last = dataclasses.replace(last, denoising_weight=self.phase3_denoising)
+        return dataclasses.replace(recipe, phases=(*first, last))
 
     def baseline(self) -> CaptionerRecipe:
         """The paired-only baseline at equal stage-2 compute: every part trainable for the phases' total steps."""
@@ -174,9 +179,10 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str = preset.TEACHER
     model, stage1 = obtain_stage1(base, cfg.stage1, cfg.stage1_from, out / "stage1")
     lap("stage1", t0)
 
-    # Reconstruction and composition are the auto-encoder's products: keep the stage-1 model, because progressive
-    # phase 3 trains BART for captioning and moves z away from what the teacher decodes best.
-    autoencoder = copy.deepcopy(model).eval()
+    # The stage-1 encoder's probe, before stage 2: progressive phase 3 trains BART for captioning and moves z away
+    # from what the teacher decodes best. The model keeps that encoder for reconstruction (`VLV.stage1_encoder`).
+    probe = Stage1Probe(model, cfg.seed)
+    stage1_probe = probe(model)
     pairs = demo_pairs(cfg)
     t0 = time.perf_counter()
     by_phase = []
@@ -202,10 +208,14 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str = preset.TEACHER
     teacher_scores, teacher_samples = evaluate_teacher(model, reader, heldout[: cfg.teacher_eval_scenes])
     caption_scores, captions = by_phase[-1]  # after phase 3 the model is final: its captions are already scored
     baseline_scores, _ = evaluate_captions(baseline.eval(), heldout)
-    recon_scores, recon = evaluate_reconstruction(autoencoder, reader, heldout)
-    composition, compositions = evaluate_composition(autoencoder, reader, cfg.composition_pairs, composition_seed(cfg))
-    probe = Stage1Probe(model, cfg.seed)
-    final_probe = {"stage1_model": probe(autoencoder), "final_model": probe(model)}
+    # The final model reconstructs and composes with the stage-1 encoder it kept; `final_model` probes the
+    # captioner's own encoder, after phase 3.
+    recon_scores, recon = evaluate_reconstruction(model, reader, heldout)
+    kept, model.stage1_encoder = model.stage1_encoder, None  # for a moment, reconstruct with the captioner's encoder
+    own_recon_scores, _ = evaluate_reconstruction(model, reader, heldout)
+    model.stage1_encoder = kept
+    composition, compositions = evaluate_composition(model, reader, cfg.composition_pairs, composition_seed(cfg))
+    final_probe = {"stage1_model": stage1_probe, "final_model": probe(model)}
     lap("evaluation", t0)
     seconds["evaluation"] += eval_seconds
 
@@ -213,6 +223,9 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str = preset.TEACHER
     stage1_recipe = {k: v for k, v in stage1.items() if k != "log"}
     training = {"stage1": stage1_recipe, "stage2": recipe_dict(cfg.stage2()), "n_pairs": cfg.n_pairs, "log": stage2_log}
     model.save_pretrained(out / "model", training=training)
+    # The control, saved too, so that `vlv eval shapes --baseline` can score its captions beside the model's.
+    baseline_training = {"stage2": recipe_dict(cfg.baseline()), "n_pairs": cfg.n_pairs, "log": baseline_log}
+    baseline.save_pretrained(out / "baseline", training=baseline_training)
     metrics = {
         "teacher_attribute_accuracy": teacher_scores["attribute_accuracy"],
         "caption_exact": caption_scores["exact"],
@@ -232,6 +245,9 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str = preset.TEACHER
             "caption_exact_by_phase": [scores["exact"] for scores, _ in by_phase],
             "baseline_captions": baseline_scores,
             "reconstruction": recon_scores,
+            # What the captioner's own encoder reconstructs (equal to the above unless phase 3 trained it).
+            "reconstruction_by_caption_encoder": own_recon_scores,
+            "phase3_denoising": cfg.phase3_denoising,
             "composition": composition,
             "stage1_probe": final_probe,
             "stage1": {k: v for k, v in stage1.items() if k != "log"} | {"from": cfg.stage1_from or "trained here"},

@@ -46,6 +46,9 @@ class Phase:
     name: str
     trainable: tuple[str, ...]
     optim: OptimConfig
+    # > 0: add this × the stage-1 denoising loss of the same images, so that an encoder trained for captions (phase
+    # `encoder`) stays one the teacher decodes. 0 is the paper's recipe.
+    denoising_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ def train_captioner(
     log = []
     for phase in recipe.phases:
         model.set_trainable(phase.trainable)
-        trainer = Trainer(model.captioner(), phase.optim, desc=f"stage 2 ({phase.name})")
+        composition = model.captioner(denoising_weight=phase.denoising_weight)
+        trainer = Trainer(composition, phase.optim, desc=f"stage 2 ({phase.name})")
         entries = trainer.run(batches, log_every=max(1, phase.optim.steps // log_points))
         log += [{**e, "phase": phase.name} for e in entries]
         model.set_trainable(())
