@@ -90,7 +90,7 @@ def test_caption_and_reconstruct_commands(tiny_model, tmp_path, capsys):
     assert [x["caption"] for x in lines] == tiny_model.caption(paths)
     out = tmp_path / "recon"
     assert main(["reconstruct", "--model", str(tmp_path / "model"), "--out", str(out), "--steps", "2", *paths]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["im0.png", "im1.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "im0.png", "im1.png"]
     assert Image.open(out / "im0.png").size == (16, 16)
 
 
