@@ -1,4 +1,4 @@
-"""The README's Python example runs as written."""
+"""The README's Python examples run as written (```python blocks; ```py blocks need real weights and are shown only)."""
 
 import re
 from pathlib import Path

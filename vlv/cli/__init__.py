@@ -4,9 +4,14 @@ vlv info --preset paper [--json]        parameters per component (built on the m
 vlv info --preset paper --memory        training memory per GPU of each stage and phase [--lora-rank R]
 vlv caption --model DIR IMAGE...        caption images with a saved model (or a preset name)
                                         [--florence DIR --teacher DIR --llm DIR: local copies of the parts]
-vlv reconstruct --model DIR --out DIR IMAGE...
+vlv caption --model DIR --out F.jsonl INPUTS...  resumable JSON lines; INPUTS: files, folders, .txt/.lst lists
+vlv reconstruct --model DIR --out DIR INPUTS...  one PNG per input + contact_sheet.png
+vlv compose --model DIR --out F.png A B [C...]   one image from the spliced z of several
+vlv embed --model DIR --out F.safetensors INPUTS...  z and prompt_embeds for a diffusers pipeline
 vlv train autoencoder|captioner ...     stage 1 / stage 2 (also under `accelerate launch -m vlv train ...`)
 vlv cache-latents --data D --out DIR    encode training images once with the frozen VAE
+vlv eval captions|reconstruction|text-to-image|vqa|shapes --model DIR ...   results.json + results.md
+vlv serve --model DIR [--port 7860]     the web demo: caption, reconstruct, compose uploads (loopback only)
 vlv demo                                the embedded default job (the shapes world)
 vlv shapes render|train-teacher|train-encoder
 """
@@ -19,7 +24,15 @@ import sys
 
 # Command groups: module → adds its subcommands to the parser. The shapes world lives in its own package and is
 # imported here only to register its commands.
-GROUPS = ("vlv.cli.info", "vlv.cli.infer", "vlv.cli.train", "vlv.cli.convert", "vlv.shapes.cli")
+GROUPS = (
+    "vlv.cli.info",
+    "vlv.cli.infer",
+    "vlv.cli.train",
+    "vlv.cli.convert",
+    "vlv.cli.serve",
+    "vlv.cli.eval",
+    "vlv.shapes.cli",
+)
 
 
 def source_flags() -> argparse.ArgumentParser:

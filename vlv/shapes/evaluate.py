@@ -1,10 +1,14 @@
 """Scoring a VLV model in the shapes world against ground truth: captions, reconstructions, teacher samples and
-compositions, each read back by the attribute reader (`vlv.shapes.reader`) or parsed by the caption grammar."""
+compositions, each read back by the attribute reader (`vlv.shapes.reader`) or parsed by the caption grammar; and
+`evaluate_suite`, the general evaluation protocols (`vlv.eval.protocols`) run in this world."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from torch import nn
 
 from vlv.eval.metrics import frechet_distance
 from vlv.model import VLV
@@ -64,3 +68,69 @@ def evaluate_composition(model: VLV, reader: AttributeReader, n: int, seed: int)
             examples.append((a, b, composed[0], bool(present[k].all())))
     first, second = present.mean(0).tolist()
     return {"both_present": float(present.all(1).mean()), "first_present": first, "second_present": second}, examples
+
+
+class ReaderFeatures(nn.Module):
+    """The attribute reader's penultimate features as a Fréchet feature network (shapes-FID)."""
+
+    def __init__(self, reader: AttributeReader):
+        super().__init__()
+        self.reader = reader.eval()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.reader.features(images)  # (B, 256)
+
+
+def evaluate_suite(
+    model: VLV,
+    scenes: list[Scene],
+    reader: AttributeReader,
+    vqa_reader: str | Path,
+    *,
+    baseline: VLV | None = None,
+    seed: int = 0,
+    shots: tuple[int, ...] = (0, 2),
+) -> dict:
+    """The paper's evaluation protocols in the shapes world, with the attribute reader as the feature network and
+    the committed teacher as the text-to-image model: reconstruction, caption → text-to-image (for the model's,
+    the baseline's and the ground-truth captions), caption metrics against the ground truth, text-only VQA."""
+    from vlv.eval.metrics import caption_metrics
+    from vlv.eval.protocols import caption_images, frechet, reconstruct_images
+    from vlv.shapes.vqa import evaluate_vqa
+
+    images = renders(scenes)
+    truth = [reading_of(s) for s in scenes]
+    network = ReaderFeatures(reader)
+    results: dict = {"scenes": len(scenes)}
+
+    recon = reconstruct_images(model, images, seed=seed)
+    results["reconstruction"] = {
+        "shapes_fid": frechet(network, recon, images),
+        "attribute_agreement": score(reader.read(recon), reader.read(images))["attribute_accuracy"],
+    }
+
+    sources = {"ground_truth": [s.caption for s in scenes], "vlv": caption_images(model, images)}
+    if baseline is not None:
+        sources["baseline"] = caption_images(baseline, images)
+
+    def text_to_image(prompts: list[str], at: int) -> torch.Tensor:
+        return model.sample(model.conditioner.encode_prompts(prompts), seed=seed + at)
+
+    results["captions"], results["caption_to_image"], results["vqa"] = {}, {}, {}
+    for name, captions in sources.items():
+        if name != "ground_truth":
+            metrics = caption_metrics(captions, [[s.caption] for s in scenes])
+            parsed = score([reading_of(parse_caption(c)) for c in captions], truth)
+            results["captions"][name] = {
+                **{k: metrics[k] for k in ("BLEU-4", "CIDEr", "ROUGE-L", "METEOR")},
+                "exact": parsed["exact"],
+            }
+        samples = torch.cat([text_to_image(captions[i : i + 100], i) for i in range(0, len(captions), 100)])
+        results["caption_to_image"][name] = {
+            "shapes_fid": frechet(network, samples, images),
+            "agreement_with_scene": score(reader.read(samples), truth)["attribute_accuracy"],
+        }
+        results["vqa"][name] = {
+            f"{k}_shot": evaluate_vqa(vqa_reader, scenes, captions, shots=k, seed=seed)["accuracy"] for k in shots
+        }
+    return results
