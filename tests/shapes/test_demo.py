@@ -164,3 +164,22 @@ def test_committed_encoder_loads_and_reproduces_its_record():
     assert last["recovered"] >= 0.85  # z recovers most of what the true caption gives the teacher
     assert probe["loss_composed"] == pytest.approx(last["loss_composed"], rel=1e-4)
     assert last["composition_recovered"] >= 0.85  # so does the spliced z of two images, for their union
+
+
+def test_eval_shapes_scores_a_model_and_a_baseline(tmp_path):
+    """`vlv eval shapes`: every protocol's numbers, in JSON and Markdown (here on the committed stage-1 checkpoint,
+    whose caption decoder is untrained, as both model and baseline: the numbers are not the point)."""
+    from vlv.shapes.vqa import train_vqa_reader
+
+    reader = train_vqa_reader(tmp_path / "vqa_reader", steps=5, seed=0, batch_size=8, blocks=1)
+    args = ["eval", "shapes", "--model", preset.ENCODER, "--baseline", preset.ENCODER]
+    args += ["--scenes", "8", "--reader-steps", "30", "--vqa-reader", str(reader), "--out", str(tmp_path / "eval")]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "eval/results.json").read_text())
+    assert results["scenes"] == 8
+    assert set(results["caption_to_image"]) == set(results["vqa"]) == {"ground_truth", "vlv", "baseline"}
+    assert set(results["captions"]) == {"vlv", "baseline"}
+    for source in results["vqa"].values():
+        assert 0 <= source["0_shot"] <= 1 and 0 <= source["2_shot"] <= 1
+    assert results["reconstruction"]["shapes_fid"] >= 0 and 0 <= results["reconstruction"]["attribute_agreement"] <= 1
+    assert "| reconstruction / shapes_fid |" in (tmp_path / "eval/results.md").read_text()

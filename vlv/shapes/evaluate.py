@@ -75,7 +75,8 @@ class ReaderFeatures(nn.Module):
 
     def __init__(self, reader: AttributeReader):
         super().__init__()
-        self.reader = reader.eval()
+        self.reader = reader
+        self.eval()  # a feature network is used in eval mode only
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.reader.features(images)  # (B, 256)
@@ -100,7 +101,7 @@ def evaluate_suite(
 
     images = renders(scenes)
     truth = [reading_of(s) for s in scenes]
-    network = ReaderFeatures(reader)
+    network = ReaderFeatures(reader).eval()
     results: dict = {"scenes": len(scenes)}
 
     recon = reconstruct_images(model, images, seed=seed)
