@@ -512,14 +512,19 @@ class VLV(nn.Module):
         florence: str | None = None,
         teacher: str | None = None,
         llm: str | None = None,
+        seed: int | None = None,
     ) -> VLV:
         """Load a directory written by `save_pretrained`; strict about every weight.
 
         florence, teacher, llm: a local directory (or hub id) to use instead of the checkpoint's source of that part
         (parts whose weights the checkpoint stores are not read from it).
+        seed: initialise the parts the checkpoint does not store (e.g. a stage-1 checkpoint's caption decoder) from
+        this seed instead of the checkpoint's own; stored weights are unaffected.
         """
         d = Path(directory)
         config = _with_sources(checkpoint.read_config(d), florence=florence, teacher=teacher, llm=llm)
+        if seed is not None:
+            config = dataclasses.replace(config, seed=seed)
         _check_weights(config, d)
         return cls(config, _directory=d)
 

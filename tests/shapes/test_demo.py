@@ -183,3 +183,39 @@ def test_eval_shapes_scores_a_model_and_a_baseline(tmp_path):
         assert 0 <= source["0_shot"] <= 1 and 0 <= source["2_shot"] <= 1
     assert results["reconstruction"]["shapes_fid"] >= 0 and 0 <= results["reconstruction"]["attribute_agreement"] <= 1
     assert "| reconstruction / shapes_fid |" in (tmp_path / "eval/results.md").read_text()
+
+
+def test_controls_reproduce_the_demo_count_compute_and_keep_finished_cells(quick_run):
+    """`vlv shapes controls`: its seed-0 cells are the demo's own runs (equal numbers), the equal-total baseline
+    takes stage-1 + stage-2 steps with counted FLOPs, and a rerun reads finished cells instead of training."""
+    from vlv.shapes.controls import Controls, run_controls
+
+    out, metrics = quick_run
+    cfg = DemoConfig.quick()
+    plan = Controls(cfg, seeds=(0,), pairs=(cfg.n_pairs,))
+    results = run_controls(out, plan)  # the demo's cached stage 1 (OUT/stage1) is reused
+    seed0 = results["seeds"]["rows"][0]
+    demo_scores = {"exact": metrics["caption_exact"], "attribute_accuracy": metrics["caption_attribute_accuracy"]}
+    assert seed0["vlv"] == demo_scores
+    assert seed0["baseline"]["exact"] == metrics["baseline_caption_exact"]
+
+    steps, per_step = results["steps"], results["flops_per_step"]
+    assert steps == {"vlv_stage1": 60, "vlv_stage2": 90, "equal_total": 150}
+    flops = results["pairs"]["flops"]
+    assert flops["equal_total"]["baseline"] == 150 * per_step["stage2_baseline"]
+    assert flops["equal_stage2"]["baseline"] == 90 * per_step["stage2_baseline"]
+    assert flops["equal_stage2"]["vlv"] == 40 * per_step["stage1_plain"] + 20 * per_step["stage1_compose"] + 30 * (
+        per_step["stage2_mlp"] + per_step["stage2_llm"] + per_step["stage2_encoder"]
+    )
+    # a phase that trains more parts pays for more gradients; the composition step denoises more images
+    assert per_step["stage2_mlp"] < per_step["stage2_llm"] < per_step["stage2_encoder"] <= per_step["stage2_baseline"]
+    row = results["pairs"]["rows"][0]
+    assert row["vlv"] == seed0["vlv"] and row["baseline_equal_stage2"] == seed0["baseline"]
+    assert "150 steps (equal total)" in (out / "controls.md").read_text()
+
+    cell = out / "cells" / f"baseline150_seed0_n{cfg.n_pairs}.json"
+    stored = json.loads(cell.read_text())
+    stored["value"]["exact"] = 0.5  # a rerun must read it back, not train again
+    cell.write_text(json.dumps(stored))
+    again = run_controls(out, plan)
+    assert again["pairs"]["rows"][0]["baseline_equal_total"]["exact"] == 0.5

@@ -47,6 +47,18 @@ def add_commands(sub) -> None:
     p.add_argument("--teacher", default=None, help="diffusers folder of a shapes teacher (default: the committed one)")
     p.set_defaults(func=train_encoder)
 
+    p = shapes.add_parser(
+        "controls",
+        help="the demo under controls: seeds, the baseline at equal total compute, composition without its term",
+    )
+    p.add_argument("--out", default="runs/controls", help="output folder (cells/, controls.json, controls.md)")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="training seeds of stage 2 and baseline")
+    p.add_argument("--pairs", type=int, nargs="*", default=[100, 1000, 10_000], help="values of N (seed 0)")
+    p.add_argument("--stage1-runs", nargs="*", default=[], metavar="DIR", help="stage-1 checkpoints to compose with")
+    p.add_argument("--quick", action="store_true", help="around the quick demo (a smoke-sized run)")
+    p.add_argument("--teacher", default=None, help="diffusers folder of a shapes teacher (default: the committed one)")
+    p.set_defaults(func=controls)
+
     p = sub.add_parser("demo", help="the shapes demo: teacher → stage 1 → stage 2 → evaluation, with a report")
     p.add_argument("--out", default="runs/demo", help="output folder (stage-1 cache, model, metrics, report)")
     p.add_argument("--quick", action="store_true", help="a smoke-sized run (< 2 minutes)")
@@ -100,6 +112,19 @@ def train_encoder(args: argparse.Namespace) -> int:
         f"stage 1: {recipe.steps} steps in {record['seconds']:.0f} s; held-out recovered {last['recovered']:.3f}, "
         f"composition recovered {last['composition_recovered']:.3f}; wrote {args.out}"
     )
+    return 0
+
+
+def controls(args: argparse.Namespace) -> int:
+    from vlv.shapes.controls import Controls, run_controls
+    from vlv.shapes.demo import DemoConfig
+
+    cfg = DemoConfig.quick() if args.quick else DemoConfig.full()
+    plan = Controls(cfg, seeds=tuple(args.seeds), pairs=tuple(args.pairs), stage1_runs=tuple(args.stage1_runs))
+    out = Path(args.out)
+    run_controls(out, plan, teacher=args.teacher or preset.TEACHER)
+    print((out / "controls.md").read_text())
+    print(f"wrote {out / 'controls.json'} and {out / 'controls.md'}")
     return 0
 
 

@@ -101,9 +101,11 @@ class DemoConfig:
         last = dataclasses.replace(last, denoising_weight=self.phase3_denoising)
         return dataclasses.replace(recipe, phases=(*first, last))
 
-    def baseline(self) -> CaptionerRecipe:
-        """The paired-only baseline at equal stage-2 compute: every part trainable for the phases' total steps."""
-        return paired_only(sum(self.phase_steps), self._stage2_optim(), batch_size=self.batch_size)
+    def baseline(self, steps: int | None = None) -> CaptionerRecipe:
+        """The paired-only baseline: every part trainable from the first step, for `steps` steps — by default the
+        phases' total, i.e. equal stage-2 compute."""
+        steps = sum(self.phase_steps) if steps is None else steps
+        return paired_only(steps, self._stage2_optim(), batch_size=self.batch_size)
 
     def _stage2_optim(self) -> OptimConfig:
         return OptimConfig(steps=0, lr=self.stage2_lr, warmup_steps=20, seed=self.seed)  # steps: set per phase

@@ -171,12 +171,14 @@ def obtain_stage1(config: VLVConfig, recipe: Stage1Recipe, source: str | None, c
     it holds the same recipe and teacher, or trained now and saved to `cache`. The model uses `config`'s teacher."""
     teacher = config.teacher.source
     if source is not None:
-        model, record = VLV.from_pretrained(source, teacher=teacher), read_training(source)
+        # The parts stage 1 did not train (the caption decoder) are initialised from `config`'s seed.
+        model = VLV.from_pretrained(source, teacher=teacher, seed=config.seed)
+        record = read_training(source)
         tqdm.write(f"stage 1: the committed encoder from {source} ({record['seconds']:.0f} s of training)")
         return model, record
     record = read_training(cache)
     if record is not None and {k: record[k] for k in ("recipe", "teacher")} == stage1_record(recipe, teacher):
         tqdm.write(f"stage 1: loaded the cached encoder from {cache}")
-        return VLV.from_pretrained(cache, teacher=teacher), record
+        return VLV.from_pretrained(cache, teacher=teacher, seed=config.seed), record
     model = VLV(config)
     return model, train_encoder(model, recipe, cache)

@@ -1,0 +1,36 @@
+"""Training compute, counted: the FLOPs of one optimizer step of a composition (`forward(batch) → loss`).
+
+Counted by `torch.utils.flop_counter` over the forward and the backward pass: matrix products, convolutions and
+attention (the ops that dominate), each multiply-add as 2 FLOPs. Elementwise ops, normalisations and the optimizer's
+update are not counted. Frozen parts count as autograd runs them: their forward, and in the backward only the
+gradient *through* them (no weight gradient), which is what a stage that trains upstream of them pays.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from vlv.train.loop import rng_state, set_rng_state
+
+
+def step_flops(composition: nn.Module, batch: dict) -> int:
+    """FLOPs of one training step (forward + backward) of `composition` on `batch`.
+
+    Leaves no trace: gradients are cleared and the global RNG state (which the step's noise draws from) restored.
+    """
+    state = rng_state()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            loss = composition(batch)
+            if loss.requires_grad:
+                loss.backward()
+    finally:
+        composition.zero_grad(set_to_none=True)
+        set_rng_state(state)
+    return int(counter.get_total_flops())
+
+
+def training_flops(schedule: list[tuple[int, int]]) -> int:
+    """Total FLOPs of a run given as (steps, FLOPs per step) segments."""
+    return sum(steps * per_step for steps, per_step in schedule)
