@@ -232,3 +232,33 @@ def test_frozen_bart_and_llm_stay_in_eval_mode_while_others_train(tiny_config, i
         if not bart_trains:  # no dropout noise: two passes agree
             assert torch.equal(composition(batch), composition(batch))
     assert not torch.equal(composition(batch), composition(batch))  # BART trains: its dropout is on
+
+
+def test_an_interrupted_stage_two_continues_from_its_snapshot_bitwise(tiny_config, images, tmp_path):
+    """Killed in the middle of phase `llm`: a second call resumes from the snapshot (phase `mlp` is not rerun) and
+    ends with the weights of the uninterrupted run; the snapshot is removed at the end."""
+    recipe = progressive((3, 5, 3), OptimConfig(steps=0, lr=3e-3, warmup_steps=1, seed=2))
+    data = _batches(images)
+    uninterrupted = VLV(tiny_config)
+    expected_log = train_captioner(uninterrupted, data, recipe)
+
+    calls = []
+
+    def dying(step: int) -> dict:
+        calls.append(step)
+        if len(calls) == 3 + 4:  # the 4th step of phase `llm`, after its snapshot at step 2
+            raise KeyboardInterrupt
+        return data(step)
+
+    snapshot = tmp_path / "stage2.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_captioner(VLV(tiny_config), dying, recipe, snapshot=snapshot, snapshot_every=2)
+    assert snapshot.is_file()
+    resumed = VLV(tiny_config)
+    seen = []
+    log = train_captioner(resumed, data, recipe, snapshot=snapshot, snapshot_every=2, after_phase=seen.append)
+    assert [p.name for p in seen] == ["llm", "encoder"] and not snapshot.exists()
+    assert [e["loss"] for e in log] == [e["loss"] for e in expected_log]
+    expected = uninterrupted.state_dict()
+    for name, value in resumed.state_dict().items():
+        assert torch.equal(value, expected[name]), name

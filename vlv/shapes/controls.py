@@ -17,6 +17,7 @@ tables.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import statistics
@@ -53,7 +54,9 @@ class Cells:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    def get(self, name: str, key: dict, compute: Callable[[], dict]) -> dict:
+    def get(self, name: str, key: dict, compute: Callable[[Path], dict]) -> dict:
+        """The cell's value: read back, or `compute(snapshot)` — snapshot: a file for the training state of a long
+        cell, named after the key, so that an interrupted cell continues only with the settings it started with."""
         path = self.root / f"{name}.json"
         if path.is_file():
             cached = json.loads(path.read_text())
@@ -61,7 +64,8 @@ class Cells:
                 return cached["value"]
             tqdm.write(f"controls: {name} was computed for other settings; recomputing")
         tqdm.write(f"controls: computing {name}")
-        value = compute()
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        value = compute(self.root / f"{name}.{digest}.snapshot.pt")
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"key": key, "value": value}, indent=2) + "\n")
         os.replace(tmp, path)  # a finished cell appears whole or not at all
@@ -131,33 +135,42 @@ def run_controls(out: Path, controls: Controls, *, teacher: str = preset.TEACHER
         return {"exact": scores["exact"], "attribute_accuracy": scores["attribute_accuracy"]}
 
     def vlv_cell(seed: int, n: int) -> dict:
-        def compute() -> dict:
+        def compute(snapshot: Path) -> dict:
             run = dataclasses.replace(cfg, seed=seed)
             base = preset.config(teacher=teacher, seed=seed)
             model, _ = obtain_stage1(base, cfg.stage1, cfg.stage1_from, out / "stage1")
-            run_stage2(model, run.stage2(), demo_pairs(run, n), seed)
+            run_stage2(model, run.stage2(), demo_pairs(run, n), seed, snapshot=snapshot)
             return caption_scores(model)
 
         return cells.get(f"vlv_seed{seed}_n{n}", {**common, "seed": seed, "n": n}, compute)
 
     def baseline_cell(seed: int, n: int, steps: int) -> dict:
-        def compute() -> dict:
+        def compute(snapshot: Path) -> dict:
             run = dataclasses.replace(cfg, seed=seed)
             model = VLV(preset.config(teacher=teacher, seed=seed))
-            run_stage2(model, run.baseline(steps), demo_pairs(run, n), seed)
+            run_stage2(model, run.baseline(steps), demo_pairs(run, n), seed, snapshot=snapshot)
             return caption_scores(model)
 
         key = {**common, "seed": seed, "n": n, "steps": steps}
         return cells.get(f"baseline{steps}_seed{seed}_n{n}", key, compute)
 
     equal_stage2, equal_total = stage2_steps(cfg.baseline()), equal_total_steps(cfg)
-    per_step = cells.get("flops_per_step", common, lambda: flops_per_step(cfg, teacher))
+    per_step = cells.get("flops_per_step", common, lambda _: flops_per_step(cfg, teacher))
     results: dict = {
         "eval_scenes": len(heldout),
         "n_pairs": cfg.n_pairs,
         "steps": {"vlv_stage1": stage1_recipe(cfg).steps, "vlv_stage2": equal_stage2, "equal_total": equal_total},
         "flops_per_step": per_step,
     }
+
+    # Short cells first, then the long equal-total baselines (the demo's N first), so that an interrupted run has
+    # finished the most per hour; the tables below then read every cell back.
+    for seed in controls.seeds:
+        vlv_cell(seed, cfg.n_pairs), baseline_cell(seed, cfg.n_pairs, equal_stage2)
+    for n in controls.pairs:
+        vlv_cell(cfg.seed, n), baseline_cell(cfg.seed, n, equal_stage2)
+    for n in sorted(controls.pairs, key=lambda n: n != cfg.n_pairs):
+        baseline_cell(cfg.seed, n, equal_total)
 
     rows = []
     for seed in controls.seeds:
@@ -186,7 +199,7 @@ def run_controls(out: Path, controls: Controls, *, teacher: str = preset.TEACHER
         reader = None
 
         def composition_cell(path: str) -> dict:
-            def compute() -> dict:
+            def compute(_: Path) -> dict:
                 nonlocal reader
                 reader = reader or train_reader(steps=cfg.reader_steps, seed=cfg.seed)
                 model = VLV.from_pretrained(path, teacher=teacher).eval()

@@ -13,8 +13,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
 
 from vlv.config import derive_seed
 from vlv.model import TRAINABLE, VLV
@@ -97,19 +102,45 @@ def train_captioner(
     *,
     after_phase: Callable[[Phase], None] | None = None,
     log_points: int = 10,
+    snapshot: Path | None = None,
+    snapshot_every: int = 200,
 ) -> list[dict]:
     """Stage 2: each phase of `recipe` in order on `batches(step)` ({"images", "captions"}); returns one log whose
-    entries name their phase. after_phase(phase) runs after each phase (e.g. to score captions)."""
-    log = []
-    for phase in recipe.phases:
+    entries name their phase. after_phase(phase) runs after each phase (e.g. to score captions).
+
+    snapshot: a file to which the whole run's state (the model's weights, the loop's optimizer, RNGs and log) is
+    written every `snapshot_every` steps; a call that finds one continues from it — bit for bit the uninterrupted
+    run — and removes it at the end. For in-process runs (`vlv train` has full checkpoints); after_phase is not
+    called again for phases finished before the interruption.
+    """
+    resume = torch.load(snapshot, weights_only=True) if snapshot is not None and snapshot.is_file() else None
+    log = [] if resume is None else resume["log"]
+    for index, phase in enumerate(recipe.phases):
+        if resume is not None and index < resume["phase"]:
+            continue  # finished before the interruption: its weights are in the snapshot
         model.set_trainable(phase.trainable)
         composition = model.captioner(denoising_weight=phase.denoising_weight)
         trainer = Trainer(composition, phase.optim, desc=f"stage 2 ({phase.name})")
-        entries = trainer.run(batches, log_every=max(1, phase.optim.steps // log_points))
+        if resume is not None:
+            model.load_state_dict(resume["model"])
+            trainer.load_state_dict(resume["trainer"])
+            tqdm.write(f"stage 2: continuing {phase.name} from step {trainer.step} ({snapshot})")
+            resume = None
+
+        def on_step(index: int = index, trainer: Trainer = trainer, done: list = log) -> None:
+            if snapshot is not None and trainer.step % snapshot_every == 0 and trainer.step < trainer.cfg.steps:
+                state = {"phase": index, "log": done, "model": model.state_dict(), "trainer": trainer.state_dict()}
+                tmp = snapshot.with_name(snapshot.name + ".tmp")
+                torch.save(state, tmp)
+                os.replace(tmp, snapshot)  # a run killed while saving keeps the previous snapshot
+
+        entries = trainer.run(batches, log_every=max(1, phase.optim.steps // log_points), on_step=on_step)
         log += [{**e, "phase": phase.name} for e in entries]
         model.set_trainable(())
         if after_phase is not None:
             after_phase(phase)
+    if snapshot is not None:
+        snapshot.unlink(missing_ok=True)
     return log
 
 
