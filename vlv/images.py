@@ -18,6 +18,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# File suffixes read as images (folders, lists and shards; lower-cased, without the dot).
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"})
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name has one of `IMAGE_EXTENSIONS` (any case)."""
+    return name.rpartition(".")[2].lower() in IMAGE_EXTENSIONS
+
+
 ImageInput = Image.Image | str | PathLike | torch.Tensor
 
 # Larger images are rejected from their header, before any pixel is decoded (a decompression bomb declares a huge

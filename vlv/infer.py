@@ -39,8 +39,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from vlv.data.readers import IMAGE_EXTENSIONS
-from vlv.images import UnreadableImage, decode_image, preprocess, to_pil
+from vlv.images import IMAGE_EXTENSIONS, UnreadableImage, decode_image, is_image_name, preprocess, to_pil
 from vlv.model import VLV
 
 LIST_SUFFIXES = (".txt", ".lst")  # an input with one of these suffixes lists image paths, one a line
@@ -67,7 +66,7 @@ def list_inputs(inputs: Sequence[str | PathLike]) -> list[str]:
     paths: list[str] = []
     for item in map(str, inputs):
         if os.path.isdir(item):
-            found = sorted(p for p in Path(item).rglob("*") if _has_image_suffix(p.name) and p.is_file())
+            found = sorted(p for p in Path(item).rglob("*") if is_image_name(p.name) and p.is_file())
             if not found:
                 raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {item}")
             paths += [os.path.normpath(p) for p in found]
@@ -81,10 +80,6 @@ def list_inputs(inputs: Sequence[str | PathLike]) -> list[str]:
             seen.add(os.path.abspath(p))
             unique.append(p)
     return unique
-
-
-def _has_image_suffix(name: str) -> bool:
-    return name.rpartition(".")[2].lower() in IMAGE_EXTENSIONS
 
 
 def _read_list(path: str) -> list[str]:

@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"})
+from vlv.images import IMAGE_EXTENSIONS, is_image_name
+
 FOLDER_CHUNK = 256  # files per folder unit: small enough that slots stay balanced, large enough to shuffle
 FORMS = (
     "a folder of images (captions from NAME.txt sidecars), a .parquet file or a glob of them (Hugging Face layout), "
@@ -119,10 +120,6 @@ def _expand_braces(pattern: str) -> list[str]:
     return [f"{head}{i:0{width}d}{t}" for i in range(int(lo), int(hi) + 1) for t in tail]
 
 
-def _is_image(name: str) -> bool:
-    return name.rpartition(".")[2].lower() in IMAGE_EXTENSIONS
-
-
 # --- folders ---
 
 
@@ -148,7 +145,7 @@ class FolderUnit:
 
 
 def _folder_units(root: Path) -> list[Unit]:
-    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if _is_image(p.name) and p.is_file())
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if is_image_name(p.name) and p.is_file())
     if not names:
         raise FileNotFoundError(
             f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}; for parquet files or tar shards "
