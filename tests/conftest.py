@@ -56,3 +56,18 @@ def free_z_loss(model, images, loss_of_z, steps: int = 150) -> float:
         opt.step()
     with torch.no_grad():
         return loss_of_z(z).item()
+
+
+def reset_accelerate_state() -> None:
+    """accelerate keeps its state per process: reset it after a run that built an `Accelerator`."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """For modules whose tests each build their own Accelerator (`pytestmark = usefixtures(...)`)."""
+    yield
+    reset_accelerate_state()

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import Qwen2ForCausalLM
 
 import vlv
+from tests.conftest import reset_accelerate_state
 from tests.test_run import write_images
 from vlv.captioner import LORA_TARGETS, LoraSettings, is_adapter_key
 from vlv.cli import main
@@ -34,13 +35,10 @@ ALL_PHASES = ("--lora-rank", str(RANK), "--steps", "1,3,3", "--save-every", "2",
 
 def run_cli(args: list[str]) -> int:
     """`vlv …` in this process; accelerate keeps its state per process, so it is reset after each run."""
-    from accelerate.state import AcceleratorState, PartialState
-
     try:
         return main(args)
     finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        PartialState._reset_state()
+        reset_accelerate_state()
 
 
 def captioner_args(init: Path, data: Path, out: Path, *extra: str) -> list[str]:

@@ -27,14 +27,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    """Each run builds its own Accelerator; accelerate keeps its state per process, so reset it between runs."""
-    from accelerate.state import AcceleratorState, PartialState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def write_images(folder: Path, n: int, *, captions: bool = True, seed: int = 0) -> list[str]:

@@ -12,14 +12,7 @@ from vlv.shapes.evaluate import evaluate_captions
 from vlv.shapes.preset import ENCODER
 from vlv.shapes.world import render, sample_scenes, write_scenes
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    from accelerate.state import AcceleratorState, PartialState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def write_pairs(path, n: int, seed: int) -> None:
