@@ -192,7 +192,7 @@ def test_controls_reproduce_the_demo_count_compute_and_keep_finished_cells(quick
 
     out, metrics = quick_run
     cfg = DemoConfig.quick()
-    plan = Controls(cfg, seeds=(0,), pairs=(cfg.n_pairs,))
+    plan = Controls(cfg, seeds=(0,), pairs=(cfg.n_pairs,), stage1_runs=(str(out / "stage1"),))
     results = run_controls(out, plan)  # the demo's cached stage 1 (OUT/stage1) is reused
     seed0 = results["seeds"]["rows"][0]
     demo_scores = {"exact": metrics["caption_exact"], "attribute_accuracy": metrics["caption_attribute_accuracy"]}
@@ -212,6 +212,11 @@ def test_controls_reproduce_the_demo_count_compute_and_keep_finished_cells(quick
     row = results["pairs"]["rows"][0]
     assert row["vlv"] == seed0["vlv"] and row["baseline_equal_stage2"] == seed0["baseline"]
     assert "150 steps (equal total)" in (out / "controls.md").read_text()
+    # the stage-1 checkpoint composes as the demo's final model does (it embeds with that very encoder)
+    (composition,) = results["composition"]
+    assert composition["both_present"] == metrics["composition_both_present"]
+    assert composition["recovered"] == metrics["details"]["stage1_probe"]["stage1_model"]["recovered"]
+    assert composition["stage1_steps"] == 60
 
     cell = out / "cells" / f"baseline150_seed0_n{cfg.n_pairs}.json"
     stored = json.loads(cell.read_text())

@@ -154,6 +154,22 @@ def run_controls(out: Path, controls: Controls, *, teacher: str = preset.TEACHER
         key = {**common, "seed": seed, "n": n, "steps": steps}
         return cells.get(f"baseline{steps}_seed{seed}_n{n}", key, compute)
 
+    reader = None  # the attribute reader, trained when a composition cell first needs it
+
+    def composition_cell(path: str) -> dict:
+        def compute(_: Path) -> dict:
+            nonlocal reader
+            reader = reader or train_reader(steps=cfg.reader_steps, seed=cfg.seed)
+            model = VLV.from_pretrained(path, teacher=teacher).eval()
+            probe = Stage1Probe(model, cfg.seed)(model)
+            scores, _ = evaluate_composition(model, reader, cfg.composition_pairs, composition_seed(cfg))
+            record = read_training(path) or {}
+            steps = recipe_of(record).steps if "recipe" in record else None
+            return {**scores, **probe, "stage1_steps": steps}
+
+        name = "composition_" + Path(path).resolve().name
+        return cells.get(name, {**common, "path": str(Path(path).resolve())}, compute)
+
     equal_stage2, equal_total = stage2_steps(cfg.baseline()), equal_total_steps(cfg)
     per_step = cells.get("flops_per_step", common, lambda _: flops_per_step(cfg, teacher))
     results: dict = {
@@ -165,6 +181,8 @@ def run_controls(out: Path, controls: Controls, *, teacher: str = preset.TEACHER
 
     # Short cells first, then the long equal-total baselines (the demo's N first), so that an interrupted run has
     # finished the most per hour; the tables below then read every cell back.
+    for path in controls.stage1_runs:
+        composition_cell(path)
     for seed in controls.seeds:
         vlv_cell(seed, cfg.n_pairs), baseline_cell(seed, cfg.n_pairs, equal_stage2)
     for n in controls.pairs:
@@ -196,22 +214,6 @@ def run_controls(out: Path, controls: Controls, *, teacher: str = preset.TEACHER
     }
 
     if controls.stage1_runs:
-        reader = None
-
-        def composition_cell(path: str) -> dict:
-            def compute(_: Path) -> dict:
-                nonlocal reader
-                reader = reader or train_reader(steps=cfg.reader_steps, seed=cfg.seed)
-                model = VLV.from_pretrained(path, teacher=teacher).eval()
-                probe = Stage1Probe(model, cfg.seed)(model)
-                scores, _ = evaluate_composition(model, reader, cfg.composition_pairs, composition_seed(cfg))
-                record = read_training(path) or {}
-                steps = recipe_of(record).steps if "recipe" in record else None
-                return {**scores, **probe, "stage1_steps": steps}
-
-            name = "composition_" + Path(path).resolve().name
-            return cells.get(name, {**common, "path": str(Path(path).resolve())}, compute)
-
         results["composition"] = [{"stage1": p, **composition_cell(p)} for p in controls.stage1_runs]
 
     (out / "controls.json").write_text(json.dumps(results, indent=2) + "\n")
