@@ -35,3 +35,15 @@ def test_train_teacher_writes_a_diffusers_teacher(tmp_path):
     assert [e["samples"] for e in log["log"]] == [8] and log["recipe"]["batch_size"] == 4
     teacher = preset.config(teacher=str(out / "final")).teacher
     assert list(build_diffusion_decoder(teacher, pretrained=True).unet.config.block_out_channels) == [32, 64, 64]
+
+
+def test_a_second_segment_without_pairs_trains_on_the_same_renders_without_the_composition_term():
+    from vlv.shapes.stage1 import stage1_batches, two_segments
+
+    taught, plain = two_segments(4, 3, 2), two_segments(4, 3, 0)
+    for step in range(2):
+        with_term = stage1_batches(taught, compose=True)(step)
+        without = stage1_batches(plain, compose=True)(step)
+        assert set(with_term) == {"images", "sources", "composites"} and set(without) == {"images"}
+        assert torch.equal(with_term["images"], without["images"])
+    assert plain.renders == 4 * 32 + 3 * 24 and taught.renders == plain.renders + 3 * 3 * 2

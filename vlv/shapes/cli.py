@@ -42,7 +42,12 @@ def add_commands(sub) -> None:
         default=3500,
         help="then steps with the composition term (24 renders + the composite triples each); 0 = none",
     )
-    p.add_argument("--composition-pairs", type=int, default=12, help="composite triples (a, b, a ∪ b) per step")
+    p.add_argument(
+        "--composition-pairs",
+        type=int,
+        default=12,
+        help="composite triples (a, b, a ∪ b) per step; 0 = the second segment without the composition term",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data and noise")
     p.add_argument("--teacher", default=None, help="diffusers folder of a shapes teacher (default: the committed one)")
     p.set_defaults(func=train_encoder)

@@ -33,8 +33,10 @@ class Stage1Recipe:
     """Renders only, then (optionally) a second segment that adds the composition term."""
 
     plain: AutoencoderRecipe
-    compose: AutoencoderRecipe | None = None  # the composition segment; None = no composition term
-    composition_pairs: int = 8  # (a, b, a ∪ b) render triples per step of the composition segment
+    compose: AutoencoderRecipe | None = None  # the composition segment; None = no second segment
+    # (a, b, a ∪ b) render triples per step of the composition segment; 0 = the second segment trains on its
+    # renders alone (the same renders and schedule: the control for what the composition term teaches)
+    composition_pairs: int = 8
     seed: int = 0
 
     @property
@@ -107,7 +109,7 @@ def stage1_batches(recipe: Stage1Recipe, *, compose: bool, size: int = 16):
     def batches(step: int) -> dict:
         seed = derive_seed(recipe.seed, f"stage1/{name}/{step}")
         batch = {"images": renders(sample_scenes(seg.batch_size, seed=seed, split="train"), size)}
-        if compose:
+        if compose and recipe.composition_pairs > 0:
             triples = sample_compositions(recipe.composition_pairs, seed=seed, split="train")
             batch["sources"] = torch.stack([renders([a, b], size) for a, b, _ in triples])
             batch["composites"] = renders([u for *_, u in triples], size)
