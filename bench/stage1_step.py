@@ -1,0 +1,63 @@
+"""Case `stage1-step`: one stage-1 optimizer step, ours against the official recipe, on the `small` preset (the
+paper's block structure at small width, 128-px images, a VAE), same model, same images, interleaved.
+
+- official: fp32, the VAE encodes every batch inside the step, the UNet with gradient checkpointing on.
+- ours: the latents' VAE moments from the cache (`vlv cache-latents`), per-image seeds, no checkpointing (what
+  `vlv train autoencoder --latents CACHE` runs).
+
+Also: FLOPs of the step (counted), for the roofline case, and the peak memory of each.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.harness import compare, interleaved, peak_memory
+from vlv.model import VLV
+from vlv.presets import STAGE1_PARTS, preset
+from vlv.shapes.world import render_batch, sample_scenes
+from vlv.train.flops import step_flops
+from vlv.train.loop import OptimConfig, Trainer
+
+
+def _setup(device: str, batch_size: int):
+    model = VLV(preset("small")).to(device)
+    model.set_trainable(STAGE1_PARTS)
+    size = model.config.teacher.image_size
+    images = torch.from_numpy(render_batch(sample_scenes(batch_size, seed=0), size)).to(device)
+    with torch.no_grad():
+        moments = model.decoder.encode_moments(images)
+    seeds = torch.arange(batch_size, dtype=torch.int64)
+    return model, images, moments, seeds
+
+
+def run(device: str = "cpu", *, batch_size: int = 8, repeats: int = 5) -> dict:
+    model, images, moments, seeds = _setup(device, batch_size)
+    composition = model.autoencoder()
+    trainer = Trainer(composition, OptimConfig(steps=10**6, lr=1e-5, warmup_steps=0))
+    ours_batch = {"images": images, "moments": moments, "seeds": seeds}
+    official_batch = {"images": images}  # the VAE runs inside the step
+    unet = model.decoder.unet
+
+    def ours() -> None:
+        unet.disable_gradient_checkpointing()
+        trainer.train_step(ours_batch)
+
+    def official() -> None:
+        unet.enable_gradient_checkpointing()
+        try:
+            trainer.train_step(official_batch)
+        finally:
+            unet.disable_gradient_checkpointing()
+
+    times = interleaved({"ours": ours, "official": official}, repeats=repeats, device=device)
+    rate = {name: batch_size / t["median"] for name, t in times.items()}
+    memory = {"ours_peak_bytes": peak_memory(ours, device), "baseline_peak_bytes": peak_memory(official, device)}
+    flops = step_flops(composition, ours_batch)
+    return {
+        "stage1_step": compare(rate["ours"], rate["official"], "samples/s"),
+        "stage1_step_times": times,
+        "memory": memory,
+        "stage1_step_flops": flops,
+        "stage1_step_seconds": times["ours"]["median"],
+    }
