@@ -1,0 +1,60 @@
+"""Case `captioning`: captions/s of a trained shapes captioner, ours against the official decoding.
+
+- ours: `VLV.caption` at batch 32 — greedy, KV cache, each caption stops at its EOS (trained in stage 2).
+- official: batch 2, beam 4, 300 new tokens every time (the official captioner learns no EOS, so generation runs to
+  the limit and a post-processor cuts the text); emulated on the same model by forbidding an early stop.
+- batching alone: ours at batch 2 with our decoding, against ours at batch 32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.harness import compare, interleaved
+from vlv.model import VLV
+from vlv.shapes.stage1 import renders
+from vlv.shapes.world import sample_scenes
+
+
+def official_captions(model: VLV, images: torch.Tensor, *, beams: int = 4, tokens: int = 300) -> torch.Tensor:
+    """Beam search to exactly `tokens` new tokens, as a captioner without a learned EOS decodes."""
+    decoder = model.caption_decoder
+    with torch.no_grad():
+        c = model.condition(model.encoder.eval()(model.preprocess(images)))  # as `VLV.caption` conditions
+        prefix = decoder.prefix(c)
+        return decoder.llm.generate(
+            inputs_embeds=prefix,
+            attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device),
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            num_beams=beams,
+            do_sample=False,
+            pad_token_id=decoder.pad_id,
+        )
+
+
+def run(model: VLV, device: str = "cpu", *, images: int = 64, official_images: int = 4, repeats: int = 3) -> dict:
+    model = model.to(device).eval()
+    pixels = renders(sample_scenes(images, seed=7, split="heldout")).to(device)
+
+    def ours(batch: int) -> None:
+        for i in range(0, len(pixels), batch):
+            model.caption(pixels[i : i + batch])
+
+    def official() -> None:
+        for i in range(0, official_images, 2):
+            official_captions(model, pixels[i : i + 2])
+
+    times = interleaved(
+        {"ours": lambda: ours(32), "batch2": lambda: ours(2), "official": official}, repeats=repeats, device=device
+    )
+    rate = {
+        "ours": images / times["ours"]["median"],
+        "batch2": images / times["batch2"]["median"],
+        "official": official_images / times["official"]["median"],
+    }
+    return {
+        "caption_vs_official": compare(rate["ours"], rate["official"], "captions/s"),
+        "caption_batching": compare(rate["ours"], rate["batch2"], "captions/s"),
+        "caption_times": times,
+    }
