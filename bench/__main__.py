@@ -1,0 +1,84 @@
+"""`python -m bench [--device cpu|cuda] [--json OUT] [--case NAME ...]`: performance, as ratios measured in one run.
+
+Cases (default: all but the long one): stage1-step (with memory and the roofline), captioning, reconstruction;
+`--case stage1-efficiency` runs the long compute-efficiency comparison alone (hours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DEFAULT_CASES = ("stage1-step", "captioning", "reconstruction")
+
+
+def _caption_model(path: str | None, device: str):
+    """A trained shapes captioner: the given folder, the demo's (runs/demo/model), or stage 2 trained here (≈ 5 min
+    on 2 cores) from the committed stage-1 encoder."""
+    import vlv
+    from vlv.model import VLV
+    from vlv.shapes import preset
+    from vlv.shapes.demo import DemoConfig, demo_pairs, run_stage2
+
+    for candidate in (path, "runs/demo/model"):
+        if candidate and Path(candidate, "config.json").is_file():
+            return vlv.load(candidate, device=device)
+    if path:
+        raise FileNotFoundError(f"no VLV checkpoint at {path}")
+    cfg = DemoConfig.full()
+    model = VLV.from_pretrained(preset.ENCODER, teacher=preset.TEACHER)
+    run_stage2(model, cfg.stage2(), demo_pairs(cfg), cfg.seed)
+    return model.to(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--json", default=None, help="write the results to this file")
+    p.add_argument("--case", nargs="*", default=list(DEFAULT_CASES), help="cases to run")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats of each case after a warm-up")
+    p.add_argument("--caption-model", default=None, help="a trained shapes captioner (default: runs/demo/model)")
+    args = p.parse_args(argv)
+
+    from bench import harness
+
+    results: dict = {"machine": harness.machine(args.device)}
+    if "stage1-step" in args.case:
+        from bench import stage1_step
+
+        step = stage1_step.run(args.device, repeats=args.repeats)
+        results.update({k: step[k] for k in ("stage1_step", "memory")})
+        matmul = harness.matmul_flops_per_second(args.device)
+        achieved = step["stage1_step_flops"] / step["stage1_step_seconds"]
+        results["roofline"] = {
+            "flops_per_step": step["stage1_step_flops"],
+            "achieved_flops_per_s": achieved,
+            "matmul_flops_per_s": matmul,
+            "fraction": achieved / matmul,
+        }
+    if "captioning" in args.case:
+        from bench import captioning
+
+        results.update(captioning.run(_caption_model(args.caption_model, args.device), args.device))
+    if "reconstruction" in args.case:
+        from bench import reconstruction
+        from vlv.model import VLV
+        from vlv.shapes import preset
+        from vlv.shapes.reader import train_reader
+
+        model = VLV.from_pretrained(preset.ENCODER, teacher=preset.TEACHER)
+        results.update(reconstruction.run(model, train_reader(steps=800, seed=0), args.device))
+    text = json.dumps(results, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
