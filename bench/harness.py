@@ -9,8 +9,8 @@ from __future__ import annotations
 import gc
 import os
 import platform
-import resource
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
@@ -51,9 +51,14 @@ def compare(ours: float, baseline: float, unit: str, *, higher_is_better: bool =
     return {"ours": ours, "baseline": baseline, "unit": unit, "ratio": ratio}
 
 
-def peak_memory(fn: Callable[[], object], device: str = "cpu") -> int:
-    """Peak memory of one call in bytes: max allocated on CUDA; on the CPU the growth of the process's peak RSS
-    (ru_maxrss only grows, so run the smaller case first or in a fresh process for a fair figure)."""
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory(fn: Callable[[], object], device: str = "cpu", *, interval: float = 0.0005) -> int:
+    """Peak memory of one call in bytes, above what was in use before it: max allocated on CUDA; on the CPU the
+    process's resident set, sampled every `interval` seconds by a thread while `fn` runs (Linux)."""
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
@@ -62,9 +67,21 @@ def peak_memory(fn: Callable[[], object], device: str = "cpu") -> int:
         fn()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    fn()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    before, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak[0], _rss_bytes()) - before
 
 
 def matmul_flops_per_second(
