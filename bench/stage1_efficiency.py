@@ -1,0 +1,152 @@
+"""Case `stage1-efficiency` (hours; runs alone): training compute until stage 1 recovers 0.90 of the true caption's
+held-out denoising gain on shapes, for several recipes on the same teacher, batch and probe.
+
+    python -m bench --case stage1-efficiency --json OUT [--work DIR]
+
+Every recipe trains the shapes encoder from scratch on training-split renders (images only) and is probed every
+`PROBE_EVERY` steps with the demo's held-out probe (`vlv.shapes.stage1.Stage1Probe`: 32 scenes, fixed noise); a run
+stops at the first probe at or above `TARGET`, or at its step budget. Compute is counted, not renders: FLOPs of one
+step of the recipe (`vlv.train.flops.step_flops`: several noises per render share one encoder pass, but each costs a
+UNet pass) × steps. Wall time and renders seen are reported too.
+
+Each run keeps its training state in WORK/NAME.pt after every probe, so a run stopped by the end of a session
+continues where it was (bit for bit: the data is a function of the step) and a finished run is read back from
+WORK/NAME.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from vlv.model import VLV
+from vlv.shapes import preset
+from vlv.shapes.stage1 import Stage1Probe, Stage1Recipe, stage1_batches
+from vlv.train.flops import step_flops
+from vlv.train.loop import OptimConfig, Trainer
+from vlv.train.recipes import AutoencoderRecipe, recipe_dict
+
+TARGET = 0.90
+PROBE_EVERY = 50
+BATCH = 32
+
+
+@dataclass(frozen=True)
+class Run:
+    """One recipe to measure: its optimizer schedule spans `recipe.optim.steps`; it may stop before."""
+
+    name: str
+    recipe: AutoencoderRecipe
+
+    @property
+    def budget(self) -> int:
+        return self.recipe.optim.steps
+
+
+def recipe(steps: int, lr: float, noises: int) -> AutoencoderRecipe:
+    """AdamW (the paper's β, weight decay, clipping), 50 warmup steps then cosine to zero over `steps`."""
+    return AutoencoderRecipe(OptimConfig(steps=steps, lr=lr, warmup_steps=50), BATCH, preset.STAGE1_PARTS, noises)
+
+
+def demo_run() -> Run:
+    """Today's demo recipe (the first segment of `vlv demo --from-scratch`): 4 noises per render, lr 1e-3."""
+    return Run("demo", recipe(2000, 1e-3, 4))
+
+
+def paper_runs(budget: int) -> list[Run]:
+    """The paper's recipe — one noise per image, t uniform, plain MSE, its optimizer — at three learning rates,
+    each with its cosine over `budget` steps."""
+    return [Run(f"paper_lr{lr:g}", recipe(budget, lr, 1)) for lr in (1e-4, 3e-4, 1e-3)]
+
+
+def measure(run: Run, work: Path, *, teacher: str = preset.TEACHER, seed: int = 0) -> dict:
+    """Train `run` until the probe reaches TARGET or the budget ends; the curve, steps, FLOPs, seconds, renders."""
+    done, state_file = work / f"{run.name}.json", work / f"{run.name}.pt"
+    key = {"recipe": recipe_dict(run.recipe), "teacher": Path(teacher).name, "seed": seed, "target": TARGET,
+           "probe_every": PROBE_EVERY}  # fmt: skip
+    if done.is_file() and json.loads(done.read_text())["key"] == key:
+        return json.loads(done.read_text())["value"]
+    model = VLV(preset.config(teacher=teacher, seed=seed))
+    model.set_trainable(run.recipe.trainable)
+    composition = model.autoencoder(noises_per_image=run.recipe.noises_per_image)
+    batches = stage1_batches(Stage1Recipe(run.recipe, seed=seed), compose=False, size=model.config.teacher.image_size)
+    flops = step_flops(composition, batches(0))
+    trainer = Trainer(composition, dataclasses.replace(run.recipe.optim, seed=seed), desc=f"stage 1 ({run.name})")
+    probe = Stage1Probe(model, seed)
+    curve: list[dict] = []
+    if state_file.is_file():
+        saved = torch.load(state_file, weights_only=True)
+        if saved["key"] == key:
+            trainer.load_state_dict(saved["trainer"])
+            curve = saved["curve"]
+            tqdm.write(f"{run.name}: continuing from step {trainer.step}")
+    while trainer.step < run.budget and not (curve and curve[-1]["recovered"] >= TARGET):
+        trainer.run(batches, until=min(trainer.step + PROBE_EVERY, run.budget), log_every=PROBE_EVERY)
+        model.eval()
+        shares = probe(model)
+        curve.append({"step": trainer.step, "recovered": shares["recovered"], "seconds": trainer.log[-1]["seconds"]})
+        tqdm.write(f"{run.name}: step {trainer.step} recovered {shares['recovered']:.3f}")
+        tmp = state_file.with_suffix(".tmp")
+        torch.save({"key": key, "trainer": trainer.state_dict(), "curve": curve}, tmp)
+        os.replace(tmp, state_file)
+    reached = curve[-1]["recovered"] >= TARGET
+    steps = curve[-1]["step"]
+    value = {
+        "reached": reached,
+        "steps": steps,
+        "flops": steps * flops,
+        "flops_per_step": flops,
+        "seconds": curve[-1]["seconds"],
+        "renders": steps * run.recipe.batch_size,
+        "final_recovered": curve[-1]["recovered"],
+        "curve": curve,
+    }
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "value": value}, indent=2) + "\n")
+    os.replace(tmp, done)
+    state_file.unlink(missing_ok=True)
+    return value
+
+
+def run_case(work: Path, ours: Run) -> dict:
+    """Today's demo recipe, then `ours`, then the paper's recipe at three learning rates with a budget of 4× the
+    demo's compute to TARGET; FLOPs to TARGET compared (ratio = baseline / ours: above 1, ours needs less)."""
+    work.mkdir(parents=True, exist_ok=True)
+    demo = measure(demo_run(), work)
+    if not demo["reached"]:
+        raise RuntimeError(f"today's demo recipe ended at {demo['final_recovered']:.3f} < {TARGET}: no reference")
+    mine = measure(ours, work)
+    paper_step = measure_step_flops(paper_runs(1)[0].recipe)
+    budget = int(4 * demo["flops"] / paper_step)
+    paper = {run.name: measure(run, work) for run in paper_runs(budget)}
+    reached = [r for r in paper.values() if r["reached"]]
+    best = min(reached, key=lambda r: r["flops"]) if reached else None
+
+    def against(baseline: dict | None, bound: float) -> dict:
+        if not mine["reached"]:
+            return {"ours": None, "baseline": baseline and baseline["flops"], "unit": "FLOPs to 0.90", "ratio": None}
+        base = baseline["flops"] if baseline else bound
+        result = {"ours": mine["flops"], "baseline": base, "unit": "FLOPs to 0.90", "ratio": base / mine["flops"]}
+        if baseline is None:
+            result["bound"] = True  # no learning rate reached TARGET: the ratio is a lower bound ("> ratio")
+        return result
+
+    return {
+        "stage1_compute_efficiency": against(best, budget * paper_step),
+        "stage1_compute_efficiency_vs_demo": against(demo, 0),
+        "stage1_runs": {"demo": demo, ours.name: mine, **paper},
+    }
+
+
+def measure_step_flops(r: AutoencoderRecipe, *, teacher: str = preset.TEACHER, seed: int = 0) -> int:
+    """FLOPs of one step of recipe `r` on a fresh model."""
+    model = VLV(preset.config(teacher=teacher, seed=seed))
+    model.set_trainable(r.trainable)
+    batches = stage1_batches(Stage1Recipe(r, seed=seed), compose=False, size=model.config.teacher.image_size)
+    return step_flops(model.autoencoder(noises_per_image=r.noises_per_image), batches(0))
