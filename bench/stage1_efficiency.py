@@ -67,6 +67,7 @@ def paper_runs(budget: int) -> list[Run]:
 
 def measure(run: Run, work: Path, *, teacher: str = preset.TEACHER, seed: int = 0) -> dict:
     """Train `run` until the probe reaches TARGET or the budget ends; the curve, steps, FLOPs, seconds, renders."""
+    work.mkdir(parents=True, exist_ok=True)
     done, state_file = work / f"{run.name}.json", work / f"{run.name}.pt"
     key = {"recipe": recipe_dict(run.recipe), "teacher": Path(teacher).name, "seed": seed, "target": TARGET,
            "probe_every": PROBE_EVERY}  # fmt: skip
