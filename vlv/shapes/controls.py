@@ -264,8 +264,9 @@ def controls_markdown(results: dict) -> str:
             return f"{x / 1e12:.1f}"
 
         lines += [
-            "Caption exact-scene accuracy against the number of pairs N (seed 0). Steps are optimizer steps; "
-            "FLOPs (10¹² FLOPs, forward + backward, counted) are the training compute of the whole run:",
+            "Caption exact-scene accuracy (attribute accuracy) against the number of pairs N (seed 0). Steps are "
+            "optimizer steps; FLOPs (10¹² FLOPs, forward + backward, counted) are the training compute of the whole "
+            "run:",
             "",
             f"| N | VLV: {steps['vlv_stage1']:,} stage-1 + {steps['vlv_stage2']:,} stage-2 steps, "
             f"{tflops(flops['equal_stage2']['vlv'])} | baseline, {steps['vlv_stage2']:,} steps (equal stage 2), "
@@ -275,7 +276,8 @@ def controls_markdown(results: dict) -> str:
         ]
         for r in results["pairs"]["rows"]:
             cells = (r["vlv"], r["baseline_equal_stage2"], r["baseline_equal_total"])
-            lines.append(f"| {r['n_pairs']:,} | " + " | ".join(f"{c['exact']:.3f}" for c in cells) + " |")
+            scores = " | ".join(f"{c['exact']:.3f} ({c['attribute_accuracy']:.3f})" for c in cells)
+            lines.append(f"| {r['n_pairs']:,} | {scores} |")
         lines.append("")
     if results.get("composition"):
         lines += [
