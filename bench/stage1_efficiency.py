@@ -16,6 +16,7 @@ WORK/NAME.json.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -30,7 +31,7 @@ from vlv.shapes import preset
 from vlv.shapes.stage1 import Stage1Probe, Stage1Recipe, stage1_batches
 from vlv.train.flops import step_flops
 from vlv.train.loop import OptimConfig, Trainer
-from vlv.train.recipes import AutoencoderRecipe, recipe_dict
+from vlv.train.recipes import AutoencoderRecipe, autoencoder_of, recipe_dict
 
 TARGET = 0.90
 PROBE_EVERY = 50
@@ -65,17 +66,26 @@ def paper_runs(budget: int) -> list[Run]:
     return [Run(f"paper_lr{lr:g}", recipe(budget, lr, 1)) for lr in (1e-4, 3e-4, 1e-3)]
 
 
-def measure(run: Run, work: Path, *, teacher: str = preset.TEACHER, seed: int = 0) -> dict:
-    """Train `run` until the probe reaches TARGET or the budget ends; the curve, steps, FLOPs, seconds, renders."""
+def measure(
+    run: Run,
+    work: Path,
+    *,
+    teacher: str = preset.TEACHER,
+    seed: int = 0,
+    probe_every: int = PROBE_EVERY,
+    stop_after: int | None = None,
+) -> dict | None:
+    """Train `run` until the probe reaches TARGET or the budget ends; the curve, steps, FLOPs, seconds, renders.
+    stop_after: leave after the probe at this step, keeping the snapshot (returns None)."""
     work.mkdir(parents=True, exist_ok=True)
     done, state_file = work / f"{run.name}.json", work / f"{run.name}.pt"
     key = {"recipe": recipe_dict(run.recipe), "teacher": Path(teacher).name, "seed": seed, "target": TARGET,
-           "probe_every": PROBE_EVERY}  # fmt: skip
+           "probe_every": probe_every}  # fmt: skip
     if done.is_file() and json.loads(done.read_text())["key"] == key:
         return json.loads(done.read_text())["value"]
     model = VLV(preset.config(teacher=teacher, seed=seed))
     model.set_trainable(run.recipe.trainable)
-    composition = model.autoencoder(noises_per_image=run.recipe.noises_per_image)
+    composition = autoencoder_of(model, run.recipe)
     batches = stage1_batches(Stage1Recipe(run.recipe, seed=seed), compose=False, size=model.config.teacher.image_size)
     flops = step_flops(composition, batches(0))
     trainer = Trainer(composition, dataclasses.replace(run.recipe.optim, seed=seed), desc=f"stage 1 ({run.name})")
@@ -88,14 +98,17 @@ def measure(run: Run, work: Path, *, teacher: str = preset.TEACHER, seed: int = 
             curve = saved["curve"]
             tqdm.write(f"{run.name}: continuing from step {trainer.step}")
     while trainer.step < run.budget and not (curve and curve[-1]["recovered"] >= TARGET):
-        trainer.run(batches, until=min(trainer.step + PROBE_EVERY, run.budget), log_every=PROBE_EVERY)
+        trainer.run(batches, until=min(trainer.step + probe_every, run.budget), log_every=probe_every)
         model.eval()
-        shares = probe(model)
+        with trainer.ema_weights() if trainer.ema is not None else contextlib.nullcontext():
+            shares = probe(model)  # with an EMA, the EMA is what the run returns (`train_autoencoder`)
         curve.append({"step": trainer.step, "recovered": shares["recovered"], "seconds": trainer.log[-1]["seconds"]})
         tqdm.write(f"{run.name}: step {trainer.step} recovered {shares['recovered']:.3f}")
         tmp = state_file.with_suffix(".tmp")
         torch.save({"key": key, "trainer": trainer.state_dict(), "curve": curve}, tmp)
         os.replace(tmp, state_file)
+        if stop_after is not None and trainer.step >= stop_after:
+            return None
     reached = curve[-1]["recovered"] >= TARGET
     steps = curve[-1]["step"]
     value = {
@@ -150,4 +163,4 @@ def measure_step_flops(r: AutoencoderRecipe, *, teacher: str = preset.TEACHER, s
     model = VLV(preset.config(teacher=teacher, seed=seed))
     model.set_trainable(r.trainable)
     batches = stage1_batches(Stage1Recipe(r, seed=seed), compose=False, size=model.config.teacher.image_size)
-    return step_flops(model.autoencoder(noises_per_image=r.noises_per_image), batches(0))
+    return step_flops(autoencoder_of(model, r), batches(0))

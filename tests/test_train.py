@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tests.conftest import free_z_loss
+from vlv.compositions import Autoencoder, draw_timesteps
 from vlv.images import to_batch
 from vlv.model import VLV
 from vlv.presets import STAGE1_PARTS
@@ -262,3 +263,73 @@ def test_an_interrupted_stage_two_continues_from_its_snapshot_bitwise(tiny_confi
     expected = uninterrupted.state_dict()
     for name, value in resumed.state_dict().items():
         assert torch.equal(value, expected[name]), name
+
+
+def test_stratified_timesteps_cover_one_stratum_each_and_stay_uniform():
+    K, T, images = 4, 1000, 20_000
+    t = draw_timesteps(images, K, T, "stratified", torch.Generator().manual_seed(0)).view(images, K)
+    assert t.min() >= 0 and t.max() < T
+    # an image's K copies fall in K distinct strata of width T / K (one each)
+    strata = torch.sort(t // (T // K), dim=1).values
+    assert torch.equal(strata, torch.arange(K).expand(images, K))
+    # each copy alone is still uniform on [0, T): the loss is unchanged in expectation
+    counts = torch.bincount(t[:, 1] // 100, minlength=10).float()
+    assert (counts / images - 0.1).abs().max() < 0.01
+    uniform = draw_timesteps(images, K, T, "uniform", torch.Generator().manual_seed(0)).view(images, K)
+    assert not torch.equal(torch.sort(uniform // (T // K), dim=1).values, strata)  # uniform draws cluster
+    with pytest.raises(ValueError, match="unknown timestep sampling"):
+        Autoencoder(None, None, None, timesteps="lognormal")
+
+
+@pytest.mark.parametrize("seeded", [False, True])
+def test_stratified_stage_one_draws_spread_timesteps(tiny_config, images, seeded, monkeypatch):
+    model = VLV(tiny_config)
+    seen = []
+    loss = model.decoder.denoising_loss
+
+    def spy(latents, c, *args, **kwargs):
+        seen.append(kwargs["t"])
+        return loss(latents, c, *args, **kwargs)
+
+    monkeypatch.setattr(model.decoder, "denoising_loss", spy)
+    batch = {"images": images, "seeds": torch.tensor([3, 4])} if seeded else {"images": images}
+    torch.manual_seed(0)
+    model.autoencoder(noises_per_image=4, timesteps="stratified")(batch)
+    T = model.decoder.scheduler.config.num_train_timesteps
+    per_image = seen[0].view(2, 4)
+    assert torch.equal(torch.sort(per_image // (T // 4), dim=1).values, torch.arange(4).expand(2, 4))
+
+
+def test_with_an_ema_stage_one_returns_the_ema_and_probes_see_it(tiny_config, images):
+    model = VLV(tiny_config)
+    recipe = AutoencoderRecipe(OptimConfig(steps=6, lr=1e-2, ema_decay=0.5), batch_size=2, noises_per_image=2)
+    probed = []
+    start = model.encoder.queries.detach().clone()
+    train_autoencoder(
+        model, lambda step: {"images": images}, recipe, log_every=3,
+        on_log=lambda entry: probed.append(model.encoder.queries.detach().clone()),
+    )  # fmt: skip
+    # replay the same run without the EMA: the live weights at each probe, and at the end
+    model2 = VLV(tiny_config)
+    plain = dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim, ema_decay=None))
+    live = []
+    train_autoencoder(
+        model2, lambda step: {"images": images}, plain, log_every=3,
+        on_log=lambda entry: live.append(model2.encoder.queries.detach().clone()),
+    )  # fmt: skip
+    assert len(probed) == len(live) == 2
+    for ema, weights in zip(probed, live):
+        assert not torch.equal(ema, weights) and not torch.equal(ema, start)
+    assert torch.equal(model.encoder.queries, probed[-1])  # the model ends with the EMA the last probe saw
+    assert not torch.equal(model.encoder.queries, model2.encoder.queries)
+
+
+def test_ema_weights_are_swapped_in_and_restored(tiny_config, images):
+    model = VLV(tiny_config)
+    model.set_trainable(["encoder.queries"])
+    trainer = Trainer(model.autoencoder(), OptimConfig(steps=4, lr=1e-2, ema_decay=0.5))
+    trainer.run(_batches(images))
+    live = model.encoder.queries.detach().clone()
+    with trainer.ema_weights():
+        assert torch.equal(model.encoder.queries, trainer.ema_state()["encoder.queries"])
+    assert torch.equal(model.encoder.queries, live)

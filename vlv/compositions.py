@@ -44,6 +44,24 @@ def compose_embeddings(zs: torch.Tensor, splits: list[int] | None = None) -> tor
     return torch.cat([batched[:, i, :n] for i, n in enumerate(splits)], dim=1)
 
 
+# How the K noisy copies of an image draw their timesteps. "uniform": each t ~ U{0..T-1} on its own (the paper).
+# "stratified": one u ~ U[0, 1) per image and t_k = ⌊T·((u + k/K) mod 1)⌋, so the K copies cover K equal strata of
+# [0, T) — each t is still uniform (the loss is unchanged in expectation) but an image's gradient no longer depends
+# on whether its draws happened to cluster; with K = 1 it is uniform.
+TIMESTEPS = ("uniform", "stratified")
+
+
+def draw_timesteps(
+    images: int, K: int, T: int, how: str, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
+    """(images · K,) timesteps, image-major (the K copies of image b at b·K … b·K + K − 1)."""
+    if how == "uniform":
+        return torch.randint(0, T, (images * K,), generator=generator, device=device)
+    u = torch.rand(images, 1, generator=generator, device=device)
+    offsets = torch.arange(K, device=device) / K
+    return (((u + offsets) % 1.0) * T).long().clamp_(max=T - 1).flatten()
+
+
 class Autoencoder(nn.Module):
     """Stage 1 (paper §3.1): the frozen teacher's denoising loss conditioned on CLIP(z)."""
 
@@ -54,12 +72,16 @@ class Autoencoder(nn.Module):
         decoder: DiffusionDecoder,
         *,
         noises_per_image: int = 1,
+        timesteps: str = "uniform",
     ):
         super().__init__()
+        if timesteps not in TIMESTEPS:
+            raise ValueError(f"unknown timestep sampling '{timesteps}'; choose one of {TIMESTEPS}")
         self.encoder, self.conditioner, self.decoder = encoder, conditioner, decoder
         # K noisy copies (own noise and timestep) of each image share one encoder pass, so each encoder step sees
         # K samples of the teacher's signal (the paper: K = 1).
         self.noises_per_image = noises_per_image
+        self.timesteps = timesteps
 
     def forward(self, batch: dict) -> torch.Tensor:
         if "seeds" in batch or "moments" in batch:
@@ -84,9 +106,8 @@ class Autoencoder(nn.Module):
         for seed in batch["seeds"].tolist():
             g = torch.Generator().manual_seed(int(seed))  # drawn on the CPU: the same numbers on every device
             vae_noise.append(torch.randn(shape, generator=g))
-            for _ in range(K):
-                t.append(torch.randint(0, T, (), generator=g))
-                noise.append(torch.randn(shape, generator=g))
+            t.append(draw_timesteps(1, K, T, self.timesteps, g))
+            noise += [torch.randn(shape, generator=g) for _ in range(K)]
         device = images.device
         if moments is not None:
             latents = dec.latents_from_moments(moments.to(device), torch.stack(vae_noise).to(device))
@@ -94,7 +115,7 @@ class Autoencoder(nn.Module):
             latents = dec.encode_images(to_batch(images, dec.cfg.image_size))  # pixel space: deterministic
         c = self.conditioner(self.encoder(to_batch(images, dec.cfg.image_size)))  # (B, 77, D)
         latents, c = latents.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (B·K, ...)
-        return dec.denoising_loss(latents, c, noise=torch.stack(noise).to(device), t=torch.stack(t).to(device))
+        return dec.denoising_loss(latents, c, noise=torch.stack(noise).to(device), t=torch.cat(t).to(device))
 
     def _loss(self, batch: dict) -> torch.Tensor:
         """The composition term (optional, still images only): the spliced z of each source pair
@@ -115,7 +136,11 @@ class Autoencoder(nn.Module):
         c = self.conditioner(z)  # gradients reach the encoder through c
         K = self.noises_per_image
         latents, c = latents.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (·K, ...)
-        return self.decoder.denoising_loss(latents, c)
+        if self.timesteps == "uniform":
+            return self.decoder.denoising_loss(latents, c)  # t drawn there: the paper's recipe, as before
+        T = self.decoder.scheduler.config.num_train_timesteps
+        t = draw_timesteps(latents.shape[0] // K, K, T, self.timesteps, device=latents.device)
+        return self.decoder.denoising_loss(latents, c, t=t)
 
 
 class Captioner(nn.Module):

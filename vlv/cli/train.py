@@ -19,6 +19,7 @@ import torch
 import vlv
 from vlv.captioner import LORA_EXTRA, LoraSettings
 from vlv.cli import source_flags, sources
+from vlv.compositions import TIMESTEPS
 from vlv.config import derive_seed
 from vlv.train.recipes import PHASE_PARTS, preset_recipes
 from vlv.train.run import MIXED_PRECISION, PhaseSpec, RunConfig, train
@@ -31,6 +32,8 @@ def add_commands(sub) -> None:
     a = stages.add_parser("autoencoder", parents=[common], help="stage 1: the encoder against the frozen teacher")
     a.add_argument("--latents", default=None, help="a latent cache written by `vlv cache-latents` (instead of --data)")
     a.add_argument("--noises-per-image", type=int, default=None, help="noisy copies of each image per encoder pass")
+    a.add_argument("--timesteps", choices=TIMESTEPS, default=None,
+                   help="how each image's noisy copies draw t: uniform (the paper) or stratified")  # fmt: skip
     a.add_argument("--steps", type=int, default=None, help="optimizer steps")
     a.set_defaults(func=run_autoencoder)
     c = stages.add_parser("captioner", parents=[common], help="stage 2: ψ + LLM (+ BART) on image-caption pairs")
@@ -166,6 +169,7 @@ def run_autoencoder(args) -> int:
     phase = PhaseSpec(
         "autoencoder", "autoencoder", tuple(recipe.trainable), _optim(recipe.optim, args, steps=steps, seed=seed),
         args.batch_size or recipe.batch_size, args.noises_per_image or recipe.noises_per_image,
+        args.timesteps or recipe.timesteps,
     )  # fmt: skip
     return _launch(args, acc, model, [phase])
 

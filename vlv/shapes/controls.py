@@ -34,7 +34,7 @@ from vlv.shapes.evaluate import evaluate_captions, evaluate_composition
 from vlv.shapes.reader import train_reader
 from vlv.shapes.stage1 import Stage1Probe, Stage1Recipe, obtain_stage1, recipe_of, stage1_batches
 from vlv.train.flops import step_flops, training_flops
-from vlv.train.recipes import CaptionerRecipe, recipe_dict
+from vlv.train.recipes import CaptionerRecipe, autoencoder_of, recipe_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +98,7 @@ def flops_per_step(cfg: DemoConfig, teacher: str) -> dict[str, int]:
         if seg is not None:
             model.set_trainable(seg.trainable)
             batch = stage1_batches(recipe, compose=compose, size=model.config.teacher.image_size)(0)
-            flops[name] = step_flops(model.autoencoder(noises_per_image=seg.noises_per_image), batch)
+            flops[name] = step_flops(autoencoder_of(model, seg), batch)
     batch = pair_batches(demo_pairs(cfg), cfg.batch_size, cfg.seed)(0)
     for phase in (*cfg.stage2().phases, *cfg.baseline().phases):
         model.set_trainable(phase.trainable)

@@ -153,7 +153,9 @@ def recipe_of(record: dict) -> Stage1Recipe:
         if d is None:
             return None
         optim = OptimConfig(**{**d["optim"], "betas": tuple(d["optim"]["betas"])})
-        return AutoencoderRecipe(optim, d["batch_size"], tuple(d["trainable"]), d["noises_per_image"])
+        # records written before `timesteps` existed trained with uniform timesteps
+        timesteps = d.get("timesteps", "uniform")
+        return AutoencoderRecipe(optim, d["batch_size"], tuple(d["trainable"]), d["noises_per_image"], timesteps)
 
     r = record["recipe"]
     return Stage1Recipe(seg(r["plain"]), seg(r["compose"]), r["composition_pairs"], r["seed"])

@@ -227,6 +227,19 @@ class Trainer:
             raise ValueError(f"{self.desc}: no EMA is kept (OptimConfig.ema_decay is None)")
         return self.ema
 
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Within the block the trained parameters hold their EMA (e.g. to probe it); restored on exit."""
+        ema = self.ema_state()
+        live = {n: p.detach().clone() for n, p in self.params.items()}
+        with torch.no_grad():
+            torch._foreach_copy_(list(self.params.values()), [ema[n] for n in self.params])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(list(self.params.values()), [live[n] for n in self.params])
+
     def state_dict(self, *, weights: bool = True) -> dict:
         """A snapshot of the whole run (copies, safe to keep while training goes on). weights=False leaves out the
         trained weights (for a checkpoint that stores them with the model)."""

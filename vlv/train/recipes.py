@@ -42,6 +42,7 @@ class AutoencoderRecipe:
     batch_size: int = 512  # images per optimizer step (the data source draws them)
     trainable: tuple[str, ...] = STAGE1_PARTS
     noises_per_image: int = 1  # K noisy copies of each image per encoder pass
+    timesteps: str = "uniform"  # how the K copies draw t: "uniform" (the paper) or "stratified" (see `Autoencoder`)
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,34 @@ def recipe_dict(recipe) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(recipe)))
 
 
+def autoencoder_of(model: VLV, recipe: AutoencoderRecipe):
+    """The stage-1 composition `recipe` trains (its noisy copies per image and their timesteps)."""
+    return model.autoencoder(noises_per_image=recipe.noises_per_image, timesteps=recipe.timesteps)
+
+
 def train_autoencoder(
     model: VLV, batches: Callable[[int], dict], recipe: AutoencoderRecipe, **run_kwargs
 ) -> list[dict]:
     """Stage 1: train `recipe.trainable` against the frozen teacher on `batches(step)` (images only; see
-    `vlv.compositions.Autoencoder` for the batch). run_kwargs go to `Trainer.run` (log_every, on_log)."""
+    `vlv.compositions.Autoencoder` for the batch). run_kwargs go to `Trainer.run` (log_every, on_log).
+
+    With `recipe.optim.ema_decay` the model ends with the EMA of its trained weights, and `on_log` sees the EMA too
+    (what a probe logged along the way measures is what the run would have returned there)."""
     model.set_trainable(recipe.trainable)
-    trainer = Trainer(model.autoencoder(noises_per_image=recipe.noises_per_image), recipe.optim, desc="stage 1")
-    log = trainer.run(batches, **run_kwargs)
+    trainer = Trainer(autoencoder_of(model, recipe), recipe.optim, desc="stage 1")
+    on_log = run_kwargs.pop("on_log", None)
+    if on_log is not None and trainer.ema is not None:
+        probe = on_log
+
+        def on_log(entry: dict) -> None:
+            with trainer.ema_weights():
+                probe(entry)
+
+    log = trainer.run(batches, on_log=on_log, **run_kwargs)
+    if trainer.ema is not None:
+        with torch.no_grad():
+            for name, p in trainer.params.items():
+                p.copy_(trainer.ema[name])
     model.set_trainable(())
     return log
 

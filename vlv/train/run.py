@@ -79,12 +79,13 @@ class PhaseSpec:
     optim: OptimConfig
     batch_size: int  # global batch: images per optimizer step over all processes
     noises_per_image: int = 1
+    timesteps: str = "uniform"  # stage 1: how each image's noisy copies draw t (`vlv.compositions.TIMESTEPS`)
     lora: LoraSettings | None = None  # train the LLM (when in `trainable`) through LoRA adapters; None: fully
 
 
 def _composition(model: VLV, phase: PhaseSpec):
     if phase.kind == "autoencoder":
-        return model.autoencoder(noises_per_image=phase.noises_per_image)
+        return model.autoencoder(noises_per_image=phase.noises_per_image, timesteps=phase.timesteps)
     return model.captioner()
 
 
@@ -340,7 +341,7 @@ def _check_same_phases(found: dict, phases: list[PhaseSpec]) -> None:
         where = next((i for i, (a, b) in enumerate(zip(saved, asked)) if a != b), min(len(saved), len(asked)))
         a = saved[where] if where < len(saved) else None
         b = asked[where] if where < len(asked) else None
-        fields = sorted(k for k in (a or b) if (a or {}).get(k) != (b or {}).get(k))
+        fields = sorted(k for k in {**(a or {}), **(b or {})} if (a or {}).get(k) != (b or {}).get(k))
         raise ValueError(f"{found['model'].parent} was written by another recipe (phase {where}: {fields} differ: "
                          f"saved {[(a or {}).get(k) for k in fields]}, asked {[(b or {}).get(k) for k in fields]}); "
                          "resume with the flags of the run that wrote it")  # fmt: skip

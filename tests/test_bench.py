@@ -1,0 +1,44 @@
+"""The benchmark's measuring tools (`bench/`): what they report must follow what happened."""
+
+import json
+
+import torch
+
+from bench import harness
+from bench.stage1_efficiency import Run, measure
+from vlv.shapes import preset
+from vlv.train.loop import OptimConfig
+from vlv.train.recipes import AutoencoderRecipe
+
+
+def test_compare_reports_ours_over_baseline_for_rates_and_the_inverse_for_costs():
+    assert harness.compare(30.0, 10.0, "samples/s")["ratio"] == 3.0
+    assert harness.compare(2.0, 8.0, "FLOPs", higher_is_better=False)["ratio"] == 4.0
+
+
+def test_interleaved_runs_the_cases_in_turn_after_their_warm_up():
+    calls = []
+    times = harness.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
+    assert calls == ["a", "b"] * 4  # one warm-up each, then a, b, a, b, …
+    assert len(times["a"]["values"]) == 3 and times["a"]["min"] <= times["a"]["median"] <= times["a"]["max"]
+
+
+def test_peak_memory_sees_a_temporary_allocation_and_not_its_absence():
+    def allocate() -> None:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, freed on return
+        x.add_(1)
+
+    assert harness.peak_memory(allocate) > 48 * 2**20
+    assert harness.peak_memory(lambda: None) < 16 * 2**20
+
+
+def test_a_stopped_efficiency_run_continues_and_a_finished_one_is_read_back(tmp_path):
+    recipe = AutoencoderRecipe(OptimConfig(steps=3, lr=1e-3, warmup_steps=1), 4, preset.STAGE1_PARTS, 1)
+    assert measure(Run("tiny", recipe), tmp_path, probe_every=2, stop_after=2) is None
+    assert (tmp_path / "tiny.pt").exists() and not (tmp_path / "tiny.json").exists()
+    result = measure(Run("tiny", recipe), tmp_path, probe_every=2)  # continues from step 2
+    assert [p["step"] for p in result["curve"]] == [2, 3] and result["steps"] == 3
+    assert result["flops"] == 3 * result["flops_per_step"] > 0 and result["renders"] == 12
+    assert not (tmp_path / "tiny.pt").exists()  # the snapshot goes once the result is written
+    assert json.loads((tmp_path / "tiny.json").read_text())["value"] == result
+    assert measure(Run("tiny", recipe), tmp_path, probe_every=2) == result  # read back, not trained again
