@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case", nargs="*", default=list(DEFAULT_CASES), help="cases to run")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats of each case after a warm-up")
     p.add_argument("--caption-model", default=None, help="a trained shapes captioner (default: runs/demo/model)")
+    p.add_argument("--work", default="runs/bench/stage1_efficiency",
+                   help="stage1-efficiency: where its runs keep their state (a stopped case continues)")  # fmt: skip
     args = p.parse_args(argv)
 
     from bench import harness
@@ -73,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
         model = VLV.from_pretrained(preset.ENCODER, teacher=preset.TEACHER)
         results.update(reconstruction.run(model, train_reader(steps=800, seed=0), args.device))
+    if "stage1-efficiency" in args.case:
+        from bench import stage1_efficiency
+
+        results.update(stage1_efficiency.run_case(Path(args.work), device=args.device))
     text = json.dumps(results, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")

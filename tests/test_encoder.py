@@ -111,3 +111,20 @@ def test_several_noises_per_image_share_one_encoder_pass(tiny_model, images):
         hook.remove()
     assert calls == [2, 2]  # one encoder pass over the 2 images, whatever K
     assert one.ndim == four.ndim == 0 and not torch.equal(one, four)
+
+
+@pytest.mark.parametrize("open_cross_attention", [True, False])
+def test_a_random_init_encoder_sees_the_image_from_step_0_when_its_cross_attention_is_open(open_cross_attention):
+    """The shapes preset at step 0: the across-image share of z (std over images / rms) is ≈ 0.006 at BART's own
+    init (std 0.02) and ≈ 0.1 with the decoder's cross-attention drawn at d_model^-1/2 (the default)."""
+    from vlv.shapes import preset
+    from vlv.shapes.stage1 import probe_scenes, renders
+
+    config = preset.config(teacher=None)
+    config = dataclasses.replace(
+        config, encoder=dataclasses.replace(config.encoder, open_cross_attention=open_cross_attention)
+    )
+    with torch.no_grad():
+        z = VLV(config).encoder.eval()(renders(probe_scenes(0)))
+    share = (z.std(0).pow(2).mean().sqrt() / z.pow(2).mean().sqrt()).item()
+    assert (share > 0.05) if open_cross_attention else (share < 0.02), share

@@ -55,7 +55,7 @@ def test_autoencoder_loss_with_compositions_is_the_loss_of_spliced_z(tiny_model)
         by_hand = tiny_model.decoder.denoising_loss(latents.repeat_interleave(2, 0), c.repeat_interleave(2, 0))
         torch.manual_seed(1)
         plain = ae({"images": images})
-    assert torch.allclose(loss, by_hand, rtol=1e-5)
+    assert torch.allclose(loss, by_hand, rtol=1e-4)  # z computed in one batch vs two: float rounding
     assert not torch.allclose(loss, plain)
 
 

@@ -40,6 +40,9 @@ class EncoderConfig:
     prompt_token_ids: tuple[int, ...] | None = None  # None = tokenize `task_prompt` with the source's tokenizer
     num_queries: int = 77  # learnable query embeddings fed to the BART decoder = CLIP's maximum text length
     z_dim: int = 1024  # width of z; must equal the text encoder's hidden size
+    # Random init only (no `source`): draw the BART decoder's cross-attention at d_model^-1/2 rather than BART's 0.02,
+    # so that z depends on the image from step 0 (`vlv.encoder.open_cross_attention`). False: plain BART init.
+    open_cross_attention: bool = True
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ def build_florence(cfg: EncoderConfig, *, pretrained: bool) -> Florence2Model:
     if pretrained and cfg.source is not None:
         return load_hf_strict(Florence2Model, cfg.source, revision=cfg.revision)
     florence = Florence2Model(Florence2Config(**cfg.arch))
-    open_cross_attention(florence)
+    if cfg.open_cross_attention:
+        open_cross_attention(florence)
     return florence
 
 
