@@ -40,12 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--json", default=None, help="write the results to this file")
-    p.add_argument("--case", nargs="*", default=list(DEFAULT_CASES), help="cases to run")
+    p.add_argument("--case", nargs="*", default=list(DEFAULT_CASES), choices=[*DEFAULT_CASES, "stage1-efficiency"],
+                   help="cases to run (default: all but stage1-efficiency)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=5, help="timed repeats of each case after a warm-up")
     p.add_argument("--caption-model", default=None, help="a trained shapes captioner (default: runs/demo/model)")
     p.add_argument("--work", default="runs/bench/stage1_efficiency",
                    help="stage1-efficiency: where its runs keep their state (a stopped case continues)")  # fmt: skip
     args = p.parse_args(argv)
+
+    import torch
 
     from bench import harness
 
@@ -55,13 +58,16 @@ def main(argv: list[str] | None = None) -> int:
 
         step = stage1_step.run(args.device, repeats=args.repeats)
         results.update({k: step[k] for k in ("stage1_step", "memory")})
-        matmul = harness.matmul_flops_per_second(args.device)
+        # the step's own dtype: bf16 under autocast on a GPU, fp32 on the CPU
+        dtype = torch.bfloat16 if torch.device(args.device).type == "cuda" else torch.float32
+        matmul = harness.matmul_flops_per_second(args.device, dtype)
         achieved = step["stage1_step_flops"] / step["stage1_step_seconds"]
         results["roofline"] = {
             "flops_per_step": step["stage1_step_flops"],
             "achieved_flops_per_s": achieved,
             "matmul_flops_per_s": matmul,
             "fraction": achieved / matmul,
+            "dtype": str(dtype).removeprefix("torch."),
         }
     if "captioning" in args.case:
         from bench import captioning

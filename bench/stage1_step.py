@@ -2,14 +2,16 @@
 paper's block structure at small width, 128-px images, a VAE), same model, same images, interleaved.
 
 - official: fp32, the VAE encodes every batch inside the step, the UNet with gradient checkpointing on.
-- ours: the latents' VAE moments from the cache (`vlv cache-latents`), per-image seeds, no checkpointing (what
-  `vlv train autoencoder --latents CACHE` runs).
+- ours: the latents' VAE moments from the cache (`vlv cache-latents`), per-image seeds, no checkpointing, SDPA
+  attention (diffusers' and transformers' default), bf16 autocast on a GPU (what `vlv train autoencoder --latents
+  CACHE [--mixed-precision bf16]` runs). Frozen weights get no gradients in both.
 
 Also: FLOPs of the step (counted), for the roofline case, and the peak memory of each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -43,9 +45,14 @@ def _steps(device: str, batch_size: int) -> dict:
     official_batch = {"images": images}  # the VAE runs inside the step
     unet = model.decoder.unet
 
+    # bf16 autocast on a GPU (what `vlv train --mixed-precision bf16` runs); on the CPU it does not pay here.
+    cuda = torch.device(device).type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+
     def ours() -> None:
         unet.disable_gradient_checkpointing()
-        trainer.train_step(ours_batch)
+        with autocast:
+            trainer.train_step(ours_batch)
 
     def official() -> None:
         unet.enable_gradient_checkpointing()
