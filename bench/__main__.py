@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench import harness
 
+    start = time.perf_counter()
     results: dict = {"machine": harness.machine(args.device)}
     if "stage1-step" in args.case:
         from bench import stage1_step
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench import stage1_efficiency
 
         results.update(stage1_efficiency.run_case(Path(args.work), device=args.device))
+    results["seconds"] = time.perf_counter() - start
     text = json.dumps(results, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")
