@@ -130,7 +130,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, im
     assert json.loads((two / "run.json").read_text())["processes"] == 2
     a, b = weights(one), weights(two)
     start = VLV(preset("tiny")).encoder.state_dict()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5  # float summation order of the all-reduce
     assert any(not torch.equal(a[k], start[k.removeprefix("encoder.")]) for k in a)  # and training moved them
 
 
