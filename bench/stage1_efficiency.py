@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from vlv.model import VLV
 from vlv.shapes import preset
-from vlv.shapes.stage1 import Stage1Probe, Stage1Recipe, stage1_batches
+from vlv.shapes.stage1 import Stage1Probe, Stage1Recipe, segment, stage1_batches
 from vlv.train.flops import step_flops
 from vlv.train.loop import OptimConfig, Trainer
 from vlv.train.recipes import AutoencoderRecipe, autoencoder_of, recipe_dict
@@ -60,15 +60,14 @@ def recipe(steps: int, lr: float, noises: int) -> AutoencoderRecipe:
 def demo_run() -> Run:
     """The demo's recipe before this benchmark (the first segment of `vlv demo --from-scratch`): 4 noises per render,
     lr 1e-3, 2,000 steps, on an encoder at plain BART init."""
-    return Run("demo", recipe(2000, 1e-3, 4), open_cross_attention=False)
+    return Run("demo", segment(2000, BATCH, 1e-3), open_cross_attention=False)
 
 
 def ours_run() -> Run:
     """Ours: the same 4 noises per render and lr, on today's encoder init (its cross-attention lets z depend on the
     image from step 0), each render's noises at stratified timesteps, the EMA of the weights (decay 0.99) as the
     result, and the cosine over 1,200 steps."""
-    optim = OptimConfig(steps=1200, lr=1e-3, warmup_steps=50, ema_decay=0.99)
-    return Run("ours", AutoencoderRecipe(optim, BATCH, preset.STAGE1_PARTS, 4, "stratified"))
+    return Run("ours", segment(1200, BATCH, 1e-3, fast=True))  # the recipe `vlv demo --from-scratch` trains with
 
 
 def paper_runs(budget: int) -> list[Run]:
@@ -107,8 +106,9 @@ def measure(
     done, state_file = work / f"{run.name}.json", work / f"{run.name}.pt"
     key = {"recipe": recipe_dict(run.recipe), "teacher": Path(teacher).name, "seed": seed, "target": TARGET,
            "probe_every": probe_every, "open_cross_attention": run.open_cross_attention}  # fmt: skip
-    if done.is_file() and json.loads(done.read_text())["key"] == key:
-        return json.loads(done.read_text())["value"]
+    finished = json.loads(done.read_text()) if done.is_file() else None
+    if finished is not None and finished["key"] == key:
+        return finished["value"]
     model, composition, batches = _build(run, teacher, seed, device)
     flops = step_flops(composition, batches(0))
     trainer = Trainer(composition, dataclasses.replace(run.recipe.optim, seed=seed), desc=f"stage 1 ({run.name})")
