@@ -230,3 +230,15 @@ def test_resuming_with_another_recipe_is_a_clear_error(tmp_path, images, capsys)
     assert main(train_args(out, images, "--preview", "0", "--resume", steps=4)) == 2
     error = capsys.readouterr().err
     assert "written by another recipe" in error and "['optim']" in error
+
+
+def test_with_ema_decay_each_phase_ends_with_the_ema_of_its_weights(tmp_path, images, capsys):
+    plain, smoothed = tmp_path / "plain", tmp_path / "ema"
+    assert main(train_args(plain, images, "--preview", "0", steps=4)) == 0
+    assert main(train_args(smoothed, images, "--preview", "0", "--ema-decay", "0.5", steps=4)) == 0
+    ema = torch.load(smoothed / "checkpoints" / "step_0000004" / "trainer.pt", weights_only=True)["ema"]
+    final, live = weights(smoothed), weights(plain)  # same seed, data and steps: the EMA is all that differs
+    assert ema.keys() and all(torch.equal(final[k], v) for k, v in ema.items())
+    assert not all(torch.equal(final[k], live[k]) for k in ema)
+    assert main(train_args(tmp_path / "bad", images, "--ema-decay", "1", steps=2)) == 2
+    assert "ema_decay must be in [0, 1)" in capsys.readouterr().err

@@ -81,6 +81,8 @@ def _common_flags() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps")
     p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
     p.add_argument("--grad-clip", type=float, default=None, help="gradient norm clip")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="keep an EMA of the trained weights with this decay (e.g. 0.99); each phase ends with it")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="seed of data order, noise and dropout")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step on each process")
     # performance
@@ -101,7 +103,7 @@ def _common_flags() -> argparse.ArgumentParser:
 
 def _optim(optim, args, **extra):
     changes = {"lr": args.lr, "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
-               "grad_clip": args.grad_clip, **extra}  # fmt: skip
+               "grad_clip": args.grad_clip, "ema_decay": args.ema_decay, **extra}  # fmt: skip
     return dataclasses.replace(optim, **{k: v for k, v in changes.items() if v is not None})
 
 

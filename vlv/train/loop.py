@@ -44,6 +44,10 @@ class OptimConfig:
     ema_decay: float | None = None  # keep an exponential moving average of the trained weights (None: no EMA)
     seed: int = 0  # seeds every RNG (torch, numpy, python) when the run starts: noise, timesteps, dropout
 
+    def __post_init__(self):
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (e.g. 0.99), got {self.ema_decay}")
+
 
 SCHEDULES = ("cosine", "linear")
 MAX_NONFINITE = 5  # consecutive non-finite steps before a run gives up
@@ -239,6 +243,12 @@ class Trainer:
         finally:
             with torch.no_grad():
                 torch._foreach_copy_(list(self.params.values()), [live[n] for n in self.params])
+
+    def adopt_ema(self) -> None:
+        """The trained parameters take their EMA for good: the run's result (`OptimConfig.ema_decay`)."""
+        ema = self.ema_state()
+        with torch.no_grad():
+            torch._foreach_copy_(list(self.params.values()), [ema[n] for n in self.params])
 
     def state_dict(self, *, weights: bool = True) -> dict:
         """A snapshot of the whole run (copies, safe to keep while training goes on). weights=False leaves out the

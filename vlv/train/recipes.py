@@ -109,9 +109,7 @@ def train_autoencoder(
 
     log = trainer.run(batches, on_log=on_log, **run_kwargs)
     if trainer.ema is not None:
-        with torch.no_grad():
-            for name, p in trainer.params.items():
-                p.copy_(trainer.ema[name])
+        trainer.adopt_ema()
     model.set_trainable(())
     return log
 

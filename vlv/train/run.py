@@ -291,6 +291,8 @@ class _Run:
             self.acc.log(values, step=self.first_step[index] + entry["step"])
 
         trainer.run(feed, log_every=run.log_every, on_log=on_log, on_step=on_step, samples_per_step=phase.batch_size)
+        if trainer.ema is not None:
+            trainer.adopt_ema()  # the phase's result is the EMA of its weights (checkpoints before kept both)
         if phase.lora is not None:
             model.merge_lora()  # the phase's end checkpoint, and all that follow, hold a plain, trained LLM
         self.save(index, trainer, feed, preview, done=True)
