@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if "captioning" in args.case:
         from bench import captioning
 
-        results.update(captioning.run(_caption_model(args.caption_model, args.device), args.device))
+        model = _caption_model(args.caption_model, args.device)
+        results.update(captioning.run(model, args.device, repeats=args.repeats))
     if "reconstruction" in args.case:
         from bench import reconstruction
         from vlv.model import VLV
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         from vlv.shapes.reader import train_reader
 
         model = VLV.from_pretrained(preset.ENCODER, teacher=preset.TEACHER)
-        results.update(reconstruction.run(model, train_reader(steps=800, seed=0), args.device))
+        results.update(reconstruction.run(model, train_reader(steps=800, seed=0), args.device, repeats=args.repeats))
     if "stage1-efficiency" in args.case:
         from bench import stage1_efficiency
 

@@ -82,7 +82,7 @@ def _common_flags() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
     p.add_argument("--grad-clip", type=float, default=None, help="gradient norm clip")
     p.add_argument("--ema-decay", type=float, default=None,
-                   help="keep an EMA of the trained weights with this decay (e.g. 0.99); each phase ends with it")  # fmt: skip
+                   help="keep an EMA of the trained weights (e.g. 0.99); each phase ends with it")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="seed of data order, noise and dropout")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step on each process")
     # performance
