@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--caption-model", default=None, help="a trained shapes captioner (default: runs/demo/model)")
     p.add_argument("--work", default="runs/bench/stage1_efficiency",
                    help="stage1-efficiency: where its runs keep their state (a stopped case continues)")  # fmt: skip
+    p.add_argument("--runs", nargs="*", default=None,
+                   help="stage1-efficiency: measure these runs only (demo, ours, paper_lr0.0001, paper_lr0.0003, "
+                        "paper_lr0.001)")  # fmt: skip
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stage1-efficiency: leave each run at this step (a later call continues it)")  # fmt: skip
     args = p.parse_args(argv)
 
     import torch
@@ -87,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     if "stage1-efficiency" in args.case:
         from bench import stage1_efficiency
 
-        results.update(stage1_efficiency.run_case(Path(args.work), device=args.device))
+        results.update(
+            stage1_efficiency.run_case(Path(args.work), device=args.device, names=args.runs, stop_after=args.stop_after)
+        )
     results["seconds"] = time.perf_counter() - start
     text = json.dumps(results, indent=2)
     if args.json:

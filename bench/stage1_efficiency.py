@@ -1,7 +1,7 @@
 """Case `stage1-efficiency` (hours; runs alone): training compute until stage 1 recovers 0.90 of the true caption's
 held-out denoising gain on shapes, for several recipes on the same teacher, batch and probe.
 
-    python -m bench --case stage1-efficiency --json OUT [--work DIR]
+    python -m bench --case stage1-efficiency --json OUT [--work DIR] [--runs NAME ...] [--stop-after STEPS]
 
 Every recipe trains the shapes encoder from scratch on training-split renders (images only) and is probed every
 `PROBE_EVERY` steps with the demo's held-out probe (`vlv.shapes.stage1.Stage1Probe`: 32 scenes, fixed noise); a run
@@ -11,7 +11,8 @@ UNet pass) × steps. Wall time and renders seen are reported too.
 
 Each run keeps its training state in WORK/NAME.pt after every probe, so a run stopped by the end of a session
 continues where it was (bit for bit: the data is a function of the step) and a finished run is read back from
-WORK/NAME.json.
+WORK/NAME.json. `--runs` measures some of the runs only (e.g. one per process, each with one thread), and
+`--stop-after` leaves each run at that step: a run stopped before TARGET still bounds the comparison ("> ratio").
 """
 
 from __future__ import annotations
@@ -99,9 +100,10 @@ def measure(
     probe_every: int = PROBE_EVERY,
     stop_after: int | None = None,
     device: str = "cpu",
-) -> dict | None:
+) -> dict:
     """Train `run` until the probe reaches TARGET or the budget ends; the curve, steps, FLOPs, seconds, renders.
-    stop_after: leave after the probe at this step, keeping the snapshot (returns None)."""
+    stop_after: leave after the first probe at or past this step, keeping the snapshot; the result then says
+    `"finished": false` (a later call continues the run)."""
     work.mkdir(parents=True, exist_ok=True)
     done, state_file = work / f"{run.name}.json", work / f"{run.name}.pt"
     key = {"recipe": recipe_dict(run.recipe), "teacher": Path(teacher).name, "seed": seed, "target": TARGET,
@@ -120,7 +122,11 @@ def measure(
             trainer.load_state_dict(saved["trainer"])
             curve = saved["curve"]
             tqdm.write(f"{run.name}: continuing from step {trainer.step}")
+        else:
+            tqdm.write(f"{run.name}: {state_file} was written with other settings; starting over")
     while trainer.step < run.budget and not (curve and curve[-1]["recovered"] >= TARGET):
+        if curve and stop_after is not None and trainer.step >= stop_after:
+            break
         trainer.run(batches, until=min(trainer.step + probe_every, run.budget), log_every=probe_every)
         model.eval()
         with trainer.ema_weights() if trainer.ema is not None else contextlib.nullcontext():
@@ -130,11 +136,10 @@ def measure(
         tmp = state_file.with_suffix(".tmp")
         torch.save({"key": key, "trainer": trainer.state_dict(), "curve": curve}, tmp)
         os.replace(tmp, state_file)
-        if stop_after is not None and trainer.step >= stop_after:
-            return None
     reached = curve[-1]["recovered"] >= TARGET
     steps = curve[-1]["step"]
     value = {
+        "finished": reached or steps >= run.budget,
         "reached": reached,
         "steps": steps,
         "flops": steps * flops,
@@ -144,6 +149,8 @@ def measure(
         "final_recovered": curve[-1]["recovered"],
         "curve": curve,
     }
+    if not value["finished"]:
+        return value
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps({"key": key, "value": value}, indent=2) + "\n")
     os.replace(tmp, done)
@@ -151,33 +158,48 @@ def measure(
     return value
 
 
-def run_case(work: Path, *, device: str = "cpu") -> dict:
-    """The demo's former recipe, then ours, then the paper's recipe at three learning rates, each with a budget of
-    4× the demo's compute; FLOPs to TARGET compared (ratio = baseline / ours: above 1, ours needs less). A baseline
-    that does not reach TARGET within its budget gives a lower bound on the ratio (`"bound": true`: "> ratio")."""
-    work.mkdir(parents=True, exist_ok=True)
-    demo = measure(demo_run(), work, device=device)
-    mine = measure(ours_run(), work, device=device)
-    paper_step = measure_step_flops(paper_runs(1)[0])
-    budget = int(4 * demo_run().budget * demo["flops_per_step"] / paper_step)
-    paper = {run.name: measure(run, work, device=device) for run in paper_runs(budget)}
-    reached = [r for r in paper.values() if r["reached"]]
-    best = min(reached, key=lambda r: r["flops"]) if reached else None
+def all_runs() -> list[Run]:
+    """The runs of the case: the demo's former recipe, ours, and the paper's recipe at three learning rates, each
+    with a budget of 4× the former recipe's compute."""
+    demo = demo_run()
+    budget = int(4 * demo.budget * measure_step_flops(demo) / measure_step_flops(paper_runs(1)[0]))
+    return [demo, ours_run(), *paper_runs(budget)]
 
-    def against(baseline: dict | None, spent: float) -> dict:
-        """baseline: a run that reached TARGET, or None when none did after `spent` FLOPs."""
-        result = {"ours": mine["flops"] if mine["reached"] else None, "unit": "FLOPs to 0.90"}
-        result["baseline"] = baseline["flops"] if baseline else spent
-        result["ratio"] = result["baseline"] / mine["flops"] if mine["reached"] else None
-        if baseline is None:
-            result["bound"] = True  # the baseline did not reach TARGET: the ratio is a lower bound
-        return result
 
-    return {
-        "stage1_compute_efficiency": against(best, budget * paper_step),
-        "stage1_compute_efficiency_vs_demo": against(demo if demo["reached"] else None, demo["flops"]),
-        "stage1_runs": {"demo": demo, "ours": mine, **paper},
+def against(ours: dict, baselines: list[dict]) -> dict:
+    """FLOPs to TARGET, ours against the best of `baselines` (ratio = baseline / ours: above 1, ours needs less).
+    A baseline run that has not reached TARGET (its budget spent, or stopped early) has spent its FLOPs without
+    reaching it; when none of the runs that reached did so with fewer FLOPs than that, the ratio is a lower bound
+    (`"bound": true`: "> ratio")."""
+    reached = [r["flops"] for r in baselines if r["reached"]]
+    short = [r["flops"] for r in baselines if not r["reached"]]
+    best = min(reached, default=float("inf"))
+    bound = bool(short) and min(short) < best
+    baseline = min(short) if bound else best
+    result = {"ours": ours["flops"] if ours["reached"] else None, "baseline": baseline, "unit": "FLOPs to 0.90"}
+    result["ratio"] = baseline / ours["flops"] if ours["reached"] else None
+    if bound:
+        result["bound"] = True
+    return result
+
+
+def run_case(work: Path, *, device: str = "cpu", names: list[str] | None = None, stop_after: int | None = None) -> dict:
+    """Measure the runs (`names`: some of them only) and, when ours and baselines of both kinds are there, compare
+    FLOPs to TARGET: ours against the best paper learning rate and against the demo's former recipe."""
+    runs = all_runs()
+    unknown = set(names or ()) - {r.name for r in runs}
+    if unknown:
+        raise ValueError(f"unknown stage-1 runs {sorted(unknown)}; choose from {[r.name for r in runs]}")
+    results = {
+        r.name: measure(r, work, device=device, stop_after=stop_after) for r in runs if not names or r.name in names
     }
+    out: dict = {"stage1_runs": results}
+    paper = [v for k, v in results.items() if k.startswith("paper_")]
+    if "ours" in results and paper:
+        out["stage1_compute_efficiency"] = against(results["ours"], paper)
+    if "ours" in results and "demo" in results:
+        out["stage1_compute_efficiency_vs_demo"] = against(results["ours"], [results["demo"]])
+    return out
 
 
 def measure_step_flops(run: Run, *, teacher: str = preset.TEACHER, seed: int = 0) -> int:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from bench import harness
-from bench.stage1_efficiency import Run, measure
+from bench.stage1_efficiency import Run, against, measure
 from vlv.shapes import preset
 from vlv.train.loop import OptimConfig
 from vlv.train.recipes import AutoencoderRecipe
@@ -43,11 +43,26 @@ def test_peak_memory_sees_a_temporary_allocation_and_not_its_absence():
 
 def test_a_stopped_efficiency_run_continues_and_a_finished_one_is_read_back(tmp_path):
     recipe = AutoencoderRecipe(OptimConfig(steps=3, lr=1e-3, warmup_steps=1), 4, preset.STAGE1_PARTS, 1)
-    assert measure(Run("tiny", recipe), tmp_path, probe_every=2, stop_after=2) is None
+    stopped = measure(Run("tiny", recipe), tmp_path, probe_every=2, stop_after=2)
+    assert not stopped["finished"] and stopped["steps"] == 2 and stopped["flops"] == 2 * stopped["flops_per_step"]
     assert (tmp_path / "tiny.pt").exists() and not (tmp_path / "tiny.json").exists()
+    assert measure(Run("tiny", recipe), tmp_path, probe_every=2, stop_after=2) == stopped  # already there: no step
     result = measure(Run("tiny", recipe), tmp_path, probe_every=2)  # continues from step 2
     assert [p["step"] for p in result["curve"]] == [2, 3] and result["steps"] == 3
     assert result["flops"] == 3 * result["flops_per_step"] > 0 and result["renders"] == 12
     assert not (tmp_path / "tiny.pt").exists()  # the snapshot goes once the result is written
     assert json.loads((tmp_path / "tiny.json").read_text())["value"] == result
     assert measure(Run("tiny", recipe), tmp_path, probe_every=2) == result  # read back, not trained again
+
+
+def test_the_efficiency_ratio_is_exact_when_the_best_baseline_reached_and_a_bound_when_a_run_fell_short_first():
+    ours = {"reached": True, "flops": 10.0}
+    reached, short = {"reached": True, "flops": 40.0}, {"reached": False, "flops": 30.0}
+    assert against(ours, [reached]) == {"ours": 10.0, "baseline": 40.0, "unit": "FLOPs to 0.90", "ratio": 4.0}
+    # a run stopped at 30 without reaching 0.90 might still reach it before 40: only "> 3×" is known
+    assert against(ours, [reached, short]) == against(ours, [short])
+    assert against(ours, [short]) == {"ours": 10.0, "baseline": 30.0, "unit": "FLOPs to 0.90", "ratio": 3.0,
+                                      "bound": True}  # fmt: skip
+    # one that fell short after more compute than the best run needed changes nothing
+    assert "bound" not in against(ours, [reached, {"reached": False, "flops": 50.0}])
+    assert against({"reached": False, "flops": 99.0}, [reached])["ratio"] is None
