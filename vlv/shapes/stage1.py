@@ -52,14 +52,14 @@ class Stage1Recipe:
         return plain + self.compose.optim.steps * (self.compose.batch_size + 3 * self.composition_pairs)
 
 
-def segment(steps: int, batch_size: int, lr: float, *, fast: bool = False) -> AutoencoderRecipe:
-    """One stage-1 segment: 4 noisy copies per image, 50 warmup steps then cosine to zero. fast: each image's copies
-    at stratified timesteps, and the EMA of the weights (decay 0.99) as the result — with today's encoder init, 2.4×
-    less compute to 0.90 of the caption's gain than the committed encoder's recipe (`python -m bench --case
-    stage1-efficiency`)."""
+def segment(steps: int, batch_size: int, lr: float, *, fast: bool = False, noises: int = 4) -> AutoencoderRecipe:
+    """One stage-1 segment: `noises` noisy copies per image, 50 warmup steps then cosine to zero. fast: each image's
+    copies at stratified timesteps, and the EMA of the weights (decay 0.99) as the result (with today's encoder init
+    and 2 copies per image, 3.5× less compute to 0.90 of the caption's gain than the committed encoder's recipe:
+    `python -m bench --case stage1-efficiency`)."""
     optim = OptimConfig(steps=steps, lr=lr, warmup_steps=50, ema_decay=0.99 if fast else None)
     timesteps = "stratified" if fast else "uniform"
-    return AutoencoderRecipe(optim, batch_size, STAGE1_PARTS, noises_per_image=4, timesteps=timesteps)
+    return AutoencoderRecipe(optim, batch_size, STAGE1_PARTS, noises_per_image=noises, timesteps=timesteps)
 
 
 def two_segments(
