@@ -55,7 +55,7 @@ class Stage1Recipe:
 def segment(steps: int, batch_size: int, lr: float, *, fast: bool = False, noises: int = 4) -> AutoencoderRecipe:
     """One stage-1 segment: `noises` noisy copies per image, 50 warmup steps then cosine to zero. fast: each image's
     copies at stratified timesteps, and the EMA of the weights (decay 0.99) as the result (with today's encoder init
-    and 2 copies per image, 3.5× less compute to 0.90 of the caption's gain than the committed encoder's recipe:
+    and 2 copies per image, over 3.5× less compute to 0.90 of the caption's gain than the committed encoder's recipe:
     `python -m bench --case stage1-efficiency`)."""
     optim = OptimConfig(steps=steps, lr=lr, warmup_steps=50, ema_decay=0.99 if fast else None)
     timesteps = "stratified" if fast else "uniform"
