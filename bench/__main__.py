@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/bench/stage1_efficiency",
                    help="stage1-efficiency: where its runs keep their state (a stopped case continues)")  # fmt: skip
     p.add_argument("--runs", nargs="*", default=None,
-                   help="stage1-efficiency: measure these runs only (demo, ours, paper_lr0.0001, paper_lr0.0003, "
-                        "paper_lr0.001)")  # fmt: skip
+                   help="stage1-efficiency: measure these runs only (demo, ours, open_init_only, ours_4_noises, "
+                        "ours_1_noise, paper_lr0.0001, paper_lr0.0003, paper_lr0.001)")  # fmt: skip
     p.add_argument("--stop-after", type=int, default=None,
                    help="stage1-efficiency: leave each run at this step (a later call continues it)")  # fmt: skip
     args = p.parse_args(argv)

@@ -31,7 +31,7 @@ from vlv.model import VLV
 from vlv.shapes import preset
 from vlv.shapes.stage1 import Stage1Probe, Stage1Recipe, segment, stage1_batches
 from vlv.train.flops import step_flops
-from vlv.train.loop import OptimConfig, Trainer
+from vlv.train.loop import Trainer
 from vlv.train.recipes import AutoencoderRecipe, autoencoder_of, recipe_dict
 
 TARGET = 0.90
@@ -51,11 +51,6 @@ class Run:
     @property
     def budget(self) -> int:
         return self.recipe.optim.steps
-
-
-def recipe(steps: int, lr: float, noises: int) -> AutoencoderRecipe:
-    """AdamW (the paper's β, weight decay, clipping), 50 warmup steps then cosine to zero over `steps`."""
-    return AutoencoderRecipe(OptimConfig(steps=steps, lr=lr, warmup_steps=50), BATCH, preset.STAGE1_PARTS, noises)
 
 
 def demo_run() -> Run:
@@ -85,7 +80,10 @@ def ours_variants() -> list[Run]:
 def paper_runs(budget: int) -> list[Run]:
     """The paper's recipe — one noise per image, t uniform, plain MSE, its optimizer, plain init — at three learning
     rates, each with its cosine over `budget` steps."""
-    return [Run(f"paper_lr{lr:g}", recipe(budget, lr, 1), open_cross_attention=False) for lr in (1e-4, 3e-4, 1e-3)]
+    return [
+        Run(f"paper_lr{lr:g}", segment(budget, BATCH, lr, noises=1), open_cross_attention=False)
+        for lr in (1e-4, 3e-4, 1e-3)
+    ]
 
 
 def _build(run: Run, teacher: str, seed: int, device: str):

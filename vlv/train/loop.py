@@ -234,10 +234,8 @@ class Trainer:
     @contextlib.contextmanager
     def ema_weights(self):
         """Within the block the trained parameters hold their EMA (e.g. to probe it); restored on exit."""
-        ema = self.ema_state()
         live = {n: p.detach().clone() for n, p in self.params.items()}
-        with torch.no_grad():
-            torch._foreach_copy_(list(self.params.values()), [ema[n] for n in self.params])
+        self.adopt_ema()
         try:
             yield
         finally:
