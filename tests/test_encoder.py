@@ -2,9 +2,11 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import Florence2Config, Florence2ForConditionalGeneration
 
 from vlv.encoder import VLVEncoder, build_florence
+from vlv.images import bicubic_resize
 from vlv.model import VLV
 from vlv.presets import STAGE1_PARTS
 
@@ -128,3 +130,14 @@ def test_a_random_init_encoder_sees_the_image_from_step_0_when_its_cross_attenti
         z = VLV(config).encoder.eval()(renders(probe_scenes(0)))
     share = (z.std(0).pow(2).mean().sqrt() / z.pow(2).mean().sqrt()).item()
     assert (share > 0.05) if open_cross_attention else (share < 0.02), share
+
+
+@pytest.mark.parametrize(("size", "to"), [((16, 16), (64, 64)), ((24, 40), (32, 20)), ((384, 384), (768, 768))])
+def test_the_encoder_resize_is_torch_bicubic(size, to):
+    """The encoder resizes its input with `bicubic_resize` (two matrix products): it must give what
+    `F.interpolate(mode="bicubic", align_corners=False)` gives, so a checkpoint trained either way reads the same
+    pixels, upsampling (the shapes and paper sizes) or down."""
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    expected = F.interpolate(x, size=to, mode="bicubic", align_corners=False)
+    assert torch.allclose(bicubic_resize(x, to), expected, atol=1e-5)
+    assert bicubic_resize(x, size) is x  # nothing to do at the input's own size

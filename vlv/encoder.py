@@ -9,11 +9,11 @@ input sequence and cross-attends to the encoder output; φ = Linear–GELU–Lin
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoTokenizer, Florence2Config, Florence2Model
 
 from vlv.config import EncoderConfig
+from vlv.images import bicubic_resize
 from vlv.loading import load_hf_strict
 
 # The encoder's parts that can train, each with the state-dict prefixes it owns. The paper's stage 1 trains BART
@@ -102,7 +102,7 @@ class VLVEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, 3, H, W) in [0, 1] → z: (B, num_queries, z_dim)."""
         B = images.shape[0]
-        x = F.interpolate(images, size=(self.cfg.image_size,) * 2, mode="bicubic", align_corners=False)
+        x = bicubic_resize(images, (self.cfg.image_size,) * 2)
         x = (x.clamp(0, 1) - self.image_mean) / self.image_std
         with torch.set_grad_enabled(self.vision_trainable and torch.is_grad_enabled()):
             visual = self.florence.get_image_features(x.to(self.queries.dtype)).pooler_output  # (B, Nv, D)

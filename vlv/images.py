@@ -8,6 +8,7 @@ at inference exactly the pixels it was trained on: `to_batch([path], S) == prepr
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from os import PathLike
@@ -134,6 +135,26 @@ def _resize_crop_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
     top, left = (nh - size) // 2, (nw - size) // 2
     return x[..., top : top + size, left : left + size].clamp(0, 1)
+
+
+def bicubic_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`F.interpolate(x, size, mode="bicubic", align_corners=False)` as two matrix products with the same weights
+    (equal up to float rounding). x: (..., H, W) → (..., h, w). On CPU the bicubic kernel was the slowest single op
+    of the encoder's forward (16 → 64 px: 13 ms for 32 images, 0.3 ms as matrix products)."""
+    H, W = x.shape[-2:]
+    if (H, W) == tuple(size):
+        return x
+    rows = _bicubic_weights(H, size[0], x.device, x.dtype)  # (h, H)
+    cols = _bicubic_weights(W, size[1], x.device, x.dtype)  # (w, W)
+    return rows @ x @ cols.T
+
+
+@functools.lru_cache(maxsize=32)
+def _bicubic_weights(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(n_out, n_in): row i holds the bicubic weights of output i, read off by resizing the identity."""
+    basis = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in, 1)  # one unit impulse per input position
+    weights = F.interpolate(basis, size=(n_out, 1), mode="bicubic", align_corners=False)  # (n_in, 1, n_out, 1)
+    return weights.view(n_in, n_out).T.contiguous().to(device=device, dtype=dtype)
 
 
 def to_batch(images: ImageInput | list, size: int) -> torch.Tensor:
