@@ -78,3 +78,23 @@ def read_training(directory: str | os.PathLike) -> dict | None:
     """The training record saved beside a checkpoint's weights (recipe, time, log), or None."""
     path = Path(directory) / TRAINING_NAME
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def pipeline_index(conditioner, decoder) -> dict:
+    """model_index.json of the saved teacher folder, so that diffusers' `StableDiffusionPipeline.from_pretrained`
+    loads it (and takes `vlv embed`'s prompt_embeds); it has no safety checker."""
+    import diffusers
+
+    return {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "text_encoder": ["transformers", type(conditioner.text_encoder).__name__],
+        "tokenizer": ["transformers", type(conditioner.tokenizer).__name__],
+        "unet": ["diffusers", type(decoder.unet).__name__],
+        "vae": ["diffusers", type(decoder.vae).__name__],
+        "scheduler": ["diffusers", type(decoder.scheduler).__name__],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "requires_safety_checker": False,
+    }

@@ -101,7 +101,7 @@ class VLVConfig:
     sampling: SampleOptions = SampleOptions()
     generation: GenerateOptions = GenerateOptions()
     seed: int = 0  # seed of every random initialisation (queries, φ, ψ, random-init components)
-    # The parts whose weights the checkpoint's model.safetensors holds (names in `vlv.model.TRAINABLE`): what
+    # The parts whose weights the checkpoint's model.safetensors holds (names in `vlv.parts.TRAINABLE`): what
     # trained, and what has no other source. Every other part is built from its `source`, or from the seed. Also
     # `stage1_encoder.<sub-part>`: the kept stage-1 encoder's sub-parts that differ from the encoder's.
     weights: tuple[str, ...] = ()

@@ -38,7 +38,7 @@ from huggingface_hub.errors import HFValidationError
 from torch import nn
 from transformers import AutoTokenizer
 
-from vlv import captioner, checkpoint, encoder
+from vlv import checkpoint, encoder
 from vlv.captioner import CaptionDecoder, LoraSettings, build_caption_decoder
 from vlv.compositions import Autoencoder, Captioner, compose_embeddings
 from vlv.conditioning import TextConditioner, build_text_conditioner
@@ -46,29 +46,19 @@ from vlv.config import VLVConfig, derive_seed
 from vlv.diffusion import DiffusionDecoder, build_diffusion_decoder
 from vlv.images import ImageInput, to_batch
 from vlv.loading import CheckpointMismatchError, SourceUnavailableError, check_state_dict, source_unavailable
+from vlv.parts import (
+    PARTS,
+    SOURCED,
+    SOURCES,
+    STAGE1,
+    STAGE1_SUBPARTS,
+    TRAINABLE,
+    subpart_state,
+    subparts_of,
+    tied_aliases,
+    with_sources,
+)
 from vlv.presets import preset
-
-# The parts a model is made of, in the order a save lists them.
-PARTS = ("encoder", "conditioner", "decoder", "caption_decoder")
-# Trainable parts: "<part>.<sub-part>" → the part's state-dict prefixes that sub-part owns.
-TRAINABLE = {
-    **{f"encoder.{name}": prefixes for name, prefixes in encoder.SUBPARTS.items()},
-    **{f"caption_decoder.{name}": prefixes for name, prefixes in captioner.SUBPARTS.items()},
-}
-# The frozen copy of a stage-1 encoder that the model keeps for reconstruction, and the sub-parts a save can hold
-# of it (the encoder's, under this prefix).
-STAGE1 = "stage1_encoder"
-STAGE1_SUBPARTS = tuple(f"{STAGE1}.{name}" for name in encoder.SUBPARTS)
-# Which config section gives each sourced sub-part its pretrained weights; the others (queries, φ, ψ) are VLV's own.
-SOURCED = {"encoder.vision": "encoder", "encoder.language_model": "encoder", "caption_decoder.llm": "captioner"}
-# Where each part's pretrained weights come from: its config section, how an error names it, and the keyword of
-# `load` (and CLI flag) that points it at a local copy.
-SOURCES = {
-    "encoder": ("encoder", "the encoder's Florence-2", "florence"),
-    "conditioner": ("teacher", "the teacher's text encoder (a diffusers Stable Diffusion pipeline)", "teacher"),
-    "decoder": ("teacher", "the teacher's UNet and VAE (a diffusers Stable Diffusion pipeline)", "teacher"),
-    "caption_decoder": ("captioner", "the caption decoder's LLM", "llm"),
-}
 
 __all__ = ["PARTS", "TRAINABLE", "VLV", "compose_embeddings", "load"]
 
@@ -192,13 +182,13 @@ class VLV(nn.Module):
 
     def _load_stored(self, name: str, module: nn.Module) -> None:
         """Load this part's tensors from the checkpoint's model.safetensors (strictly), if it stores any."""
-        subparts = _subparts_of(name, self.config.weights)
+        subparts = subparts_of(name, self.config.weights)
         if self._directory is None or not subparts:
             return
         found = checkpoint.read_tensors(self._directory, name + ".")
         # Checkpoints written before tied weights were stored once hold copies under the tied names: the same values.
-        found = {k: v for k, v in found.items() if k not in _tied_aliases(module)}
-        expected = _subpart_state(module, subparts)
+        found = {k: v for k, v in found.items() if k not in tied_aliases(module)}
+        expected = subpart_state(module, subparts)
         check_state_dict(expected, found, str(self._directory / checkpoint.WEIGHTS_NAME))
         # strict=False only because the other sub-parts come from their source; the check above is the strict one.
         module.load_state_dict(found, strict=False)
@@ -282,7 +272,7 @@ class VLV(nn.Module):
         if self.stage1_encoder is None and stored and self._directory is not None:
             copied = self._copy_encoder(own=stored)
             found = checkpoint.read_tensors(self._directory, STAGE1 + ".")
-            expected = _subpart_state(copied, [f"encoder.{sub}" for sub in stored])
+            expected = subpart_state(copied, [f"encoder.{sub}" for sub in stored])
             check_state_dict(expected, found, str(self._directory / checkpoint.WEIGHTS_NAME))
             copied.load_state_dict(found, strict=False)  # the other sub-parts are the encoder's own tensors
             self.stage1_encoder = copied
@@ -300,7 +290,7 @@ class VLV(nn.Module):
         if kept is self.encoder:
             return names, state
         for sub in encoder.SUBPARTS:
-            mine, theirs = _subpart_state(kept, [f"encoder.{sub}"]), _subpart_state(self.encoder, [f"encoder.{sub}"])
+            mine, theirs = subpart_state(kept, [f"encoder.{sub}"]), subpart_state(self.encoder, [f"encoder.{sub}"])
             if any(not torch.equal(mine[k], theirs[k]) for k in mine):
                 names.append(f"{STAGE1}.{sub}")
                 state.update({f"{STAGE1}.{k}": v for k, v in mine.items()})
@@ -479,7 +469,8 @@ class VLV(nn.Module):
             self.conditioner.save_pretrained(str(out / checkpoint.TEACHER_DIR))
             self.decoder.save_pretrained(str(out / checkpoint.TEACHER_DIR))
             if self.decoder.vae is not None:  # a latent teacher is a Stable Diffusion pipeline: say so to diffusers
-                checkpoint.write_json(out / checkpoint.TEACHER_DIR / "model_index.json", _pipeline_index(self))
+                index = checkpoint.pipeline_index(self.conditioner, self.decoder)
+                checkpoint.write_json(out / checkpoint.TEACHER_DIR / "model_index.json", index)
             config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, source="teacher"))
         if "caption_decoder" in self.parts:
             self.caption_decoder.tokenizer.save_pretrained(out / checkpoint.TOKENIZER_DIR)
@@ -491,11 +482,11 @@ class VLV(nn.Module):
         stage1_names, state = self._stage1_state()
         stored = self.stored_parts() + stage1_names
         for part in PARTS:
-            subs = _subparts_of(part, stored)
+            subs = subparts_of(part, stored)
             if not subs:
                 continue
             if part in self.parts:
-                tensors = _subpart_state(self.parts[part], subs)
+                tensors = subpart_state(self.parts[part], subs)
             else:  # stored by the checkpoint this model came from and never built here: copy them over
                 tensors = checkpoint.read_tensors(self._directory, part + ".")
             state.update({f"{part}.{k}": v for k, v in tensors.items()})
@@ -524,72 +515,16 @@ class VLV(nn.Module):
         this seed instead of the checkpoint's own; stored weights are unaffected.
         """
         d = Path(directory)
-        config = _with_sources(checkpoint.read_config(d), florence=florence, teacher=teacher, llm=llm)
+        config = with_sources(checkpoint.read_config(d), florence=florence, teacher=teacher, llm=llm)
         if seed is not None:
             config = dataclasses.replace(config, seed=seed)
         _check_weights(config, d)
         return cls(config, _directory=d)
 
 
-def _pipeline_index(model: VLV) -> dict:
-    """model_index.json of the saved teacher folder, so that diffusers' `StableDiffusionPipeline.from_pretrained`
-    loads it (and takes `vlv embed`'s prompt_embeds); it has no safety checker."""
-    import diffusers
-
-    return {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "text_encoder": ["transformers", type(model.conditioner.text_encoder).__name__],
-        "tokenizer": ["transformers", type(model.conditioner.tokenizer).__name__],
-        "unet": ["diffusers", type(model.decoder.unet).__name__],
-        "vae": ["diffusers", type(model.decoder.vae).__name__],
-        "scheduler": ["diffusers", type(model.decoder.scheduler).__name__],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "image_encoder": [None, None],
-        "requires_safety_checker": False,
-    }
-
-
 def _options(defaults, overrides: dict):
     """The default options with the overrides that are not None."""
     return dataclasses.replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def _subparts_of(part: str, subparts) -> list[str]:
-    """The sub-parts (e.g. `encoder.queries`) among `subparts` that belong to `part` (e.g. `encoder`)."""
-    return [s for s in subparts if s.split(".")[0] == part]
-
-
-def _with_sources(
-    config: VLVConfig, *, florence: str | None = None, teacher: str | None = None, llm: str | None = None
-) -> VLVConfig:
-    """`config` with the sources that are given (a local directory or hub id) in place of its own: `florence` for
-    the encoder, `teacher` for the diffusers pipeline, `llm` for the caption decoder."""
-    given = {"encoder": florence, "teacher": teacher, "captioner": llm}
-    changes = {
-        section: dataclasses.replace(getattr(config, section), source=str(source))
-        for section, source in given.items()
-        if source is not None
-    }
-    return dataclasses.replace(config, **changes)
-
-
-def _tied_aliases(module: nn.Module) -> set[str]:
-    """Names under which a parameter is reached a second time (tied weights: Qwen's `lm_head` is its input
-    embedding, BART's encoder and decoder `embed_tokens` are its `shared`). A checkpoint stores each tensor once,
-    under its first name; loading the first name fills the others, since they are the same parameter."""
-    every = {name for name, _ in module.named_parameters(remove_duplicate=False)}
-    return every - {name for name, _ in module.named_parameters()}
-
-
-def _subpart_state(module: nn.Module, subparts: list[str]) -> dict[str, torch.Tensor]:
-    """The entries of a part's state dict that belong to the given sub-parts, each tied tensor once."""
-    prefixes = tuple(p for s in subparts for p in TRAINABLE[s])
-    # An LLM with LoRA adapters is saved without them, under its plain keys: the format stays that of a plain model.
-    state = module.base_state_dict() if isinstance(module, CaptionDecoder) else module.state_dict()
-    aliases = _tied_aliases(module)
-    return {k: v for k, v in state.items() if k.startswith(prefixes) and k not in aliases}
 
 
 def _check_weights(config: VLVConfig, directory: Path) -> None:
@@ -602,12 +537,12 @@ def _check_weights(config: VLVConfig, directory: Path) -> None:
         probe = VLV(config, pretrained=False)
         expected, aliases = {}, set()
         for part in (*PARTS, STAGE1):
-            subs = _subparts_of(part, config.weights)
+            subs = subparts_of(part, config.weights)
             if subs:
                 module = probe.part("encoder" if part == STAGE1 else part)  # the stage-1 copy has the encoder's shape
                 subs = [f"encoder.{s.split('.', 1)[1]}" for s in subs] if part == STAGE1 else subs
-                expected.update({f"{part}.{k}": v for k, v in _subpart_state(module, subs).items()})
-                aliases |= {f"{part}.{k}" for k in _tied_aliases(module)}
+                expected.update({f"{part}.{k}": v for k, v in subpart_state(module, subs).items()})
+                aliases |= {f"{part}.{k}" for k in tied_aliases(module)}
     fake = {k: torch.empty(shape, device="meta") for k, shape in found.items() if k not in aliases}
     check_state_dict(expected, fake, str(directory / checkpoint.WEIGHTS_NAME))
 
@@ -637,7 +572,7 @@ def load(
     if os.path.isdir(name_or_directory):
         model = VLV.from_pretrained(name_or_directory, **sources)
     elif isinstance(name_or_directory, str) and "/" not in name_or_directory and os.sep not in name_or_directory:
-        model = VLV(_with_sources(preset(name_or_directory), **sources))
+        model = VLV(with_sources(preset(name_or_directory), **sources))
     else:
         raise FileNotFoundError(f"no VLV checkpoint directory at {name_or_directory}")
     if stage1 is not None:

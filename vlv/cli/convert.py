@@ -6,7 +6,7 @@ import argparse
 
 from vlv.cli import source_flags, sources
 from vlv.convert import DTYPES, convert_official
-from vlv.model import _with_sources
+from vlv.parts import with_sources
 from vlv.presets import preset
 
 
@@ -30,7 +30,7 @@ def add_commands(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = _with_sources(preset(args.preset), **sources(args))
+    config = with_sources(preset(args.preset), **sources(args))
     report = convert_official(args.model_pt, args.out, config=config, dtype=args.dtype)
     print(report.format())
     print(f"wrote {args.out} (captions; reconstruct needs a stage-1 encoder: vlv reconstruct --stage1 DIR)")

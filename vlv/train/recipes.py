@@ -22,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 from vlv.config import derive_seed
-from vlv.model import TRAINABLE, VLV
+from vlv.model import VLV
+from vlv.parts import TRAINABLE
 from vlv.presets import STAGE1_PARTS, WORLD_PRESETS
 from vlv.train.loop import OptimConfig, Trainer
 
