@@ -51,6 +51,13 @@ def compare(ours: float, baseline: float, unit: str, *, higher_is_better: bool =
     return {"ours": ours, "baseline": baseline, "unit": unit, "ratio": ratio}
 
 
+def paired_ratio(ours: dict, baseline: dict, *, scale: float = 1.0) -> dict:
+    """The ratio of each interleaved round of two `interleaved` timings: baseline seconds / ours seconds × `scale`
+    (the work of one ours call over one baseline call). A round times both within seconds, so the median of these
+    follows the machine's drifts less than the ratio of the two medians (`compare`'s ratio); the JSON keeps both."""
+    return summary([scale * b / o for o, b in zip(ours["values"], baseline["values"], strict=True)])
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

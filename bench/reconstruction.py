@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.harness import compare, interleaved
+from bench.harness import compare, interleaved, paired_ratio
 from vlv.model import VLV
 from vlv.shapes.reader import AttributeReader, score
 from vlv.shapes.stage1 import renders
@@ -38,4 +38,5 @@ def run(model: VLV, reader: AttributeReader, device: str = "cpu", *, images: int
 
     result = compare(images / times["ours"]["median"], images / times["official"]["median"], "images/s")
     result.update(ours_agreement=agreement(OURS), baseline_agreement=agreement(OFFICIAL))
+    result["paired_ratio"] = paired_ratio(times["ours"], times["official"])
     return {"reconstruction": result, "reconstruction_times": times}

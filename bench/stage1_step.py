@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from bench.harness import compare, interleaved, peak_memory
+from bench.harness import compare, interleaved, paired_ratio, peak_memory
 from vlv.model import VLV
 from vlv.presets import STAGE1_PARTS, preset
 from vlv.shapes.world import render_batch, sample_scenes
@@ -91,8 +91,10 @@ def run(device: str = "cpu", *, batch_size: int = 8, repeats: int = 5) -> dict:
         + ("(max allocated)" if torch.device(device).type == "cuda" else "(resident set, sampled)"),
     }
     flops = step_flops(steps["composition"], steps["batch"])
+    result = compare(rate["ours"], rate["official"], "samples/s")
+    result["paired_ratio"] = paired_ratio(times["ours"], times["official"])
     return {
-        "stage1_step": compare(rate["ours"], rate["official"], "samples/s"),
+        "stage1_step": result,
         "stage1_step_times": times,
         "memory": memory,
         "stage1_step_flops": flops,
