@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.harness import compare, interleaved, paired_ratio
+from bench.harness import compare_rates, interleaved
 from vlv.model import VLV
 from vlv.shapes.stage1 import renders
 from vlv.shapes.world import sample_scenes
@@ -48,17 +48,10 @@ def run(model: VLV, device: str = "cpu", *, images: int = 64, official_images: i
     times = interleaved(
         {"ours": lambda: ours(32), "batch2": lambda: ours(2), "official": official}, repeats=repeats, device=device
     )
-    rate = {
-        "ours": images / times["ours"]["median"],
-        "batch2": images / times["batch2"]["median"],
-        "official": official_images / times["official"]["median"],
-    }
-    vs_official = compare(rate["ours"], rate["official"], "captions/s")
-    vs_official["paired_ratio"] = paired_ratio(times["ours"], times["official"], scale=images / official_images)
-    batching = compare(rate["ours"], rate["batch2"], "captions/s")
-    batching["paired_ratio"] = paired_ratio(times["ours"], times["batch2"])
     return {
-        "caption_vs_official": vs_official,
-        "caption_batching": batching,
+        "caption_vs_official": compare_rates(
+            times["ours"], times["official"], "captions/s", work=(images, official_images)
+        ),
+        "caption_batching": compare_rates(times["ours"], times["batch2"], "captions/s", work=(images, images)),
         "caption_times": times,
     }

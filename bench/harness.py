@@ -51,11 +51,15 @@ def compare(ours: float, baseline: float, unit: str, *, higher_is_better: bool =
     return {"ours": ours, "baseline": baseline, "unit": unit, "ratio": ratio}
 
 
-def paired_ratio(ours: dict, baseline: dict, *, scale: float = 1.0) -> dict:
-    """The ratio of each interleaved round of two `interleaved` timings: baseline seconds / ours seconds × `scale`
-    (the work of one ours call over one baseline call). A round times both within seconds, so the median of these
-    follows the machine's drifts less than the ratio of the two medians (`compare`'s ratio); the JSON keeps both."""
-    return summary([scale * b / o for o, b in zip(ours["values"], baseline["values"], strict=True)])
+def compare_rates(ours: dict, baseline: dict, unit: str, *, work: tuple[float, float] = (1.0, 1.0)) -> dict:
+    """`compare` of two `interleaved` timings as rates (work per call / median seconds; `work` = ours', baseline's),
+    plus `paired_ratio`: the ratio of each round. A round times both within seconds, so the median of these follows
+    the machine's drifts less than the ratio of the two medians (`ratio`); the JSON keeps both."""
+    n_ours, n_baseline = work
+    result = compare(n_ours / ours["median"], n_baseline / baseline["median"], unit)
+    scale = n_ours / n_baseline
+    result["paired_ratio"] = summary([scale * b / o for o, b in zip(ours["values"], baseline["values"], strict=True)])
+    return result
 
 
 def _rss_bytes() -> int:

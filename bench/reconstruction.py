@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.harness import compare, interleaved, paired_ratio
+from bench.harness import compare_rates, interleaved
 from vlv.model import VLV
 from vlv.shapes.reader import AttributeReader, score
 from vlv.shapes.stage1 import renders
@@ -36,7 +36,6 @@ def run(model: VLV, reader: AttributeReader, device: str = "cpu", *, images: int
         recon = [model.reconstruct(held[i : i + 100].to(device), seed=i, **options).cpu() for i in batches]
         return score(reader.read(torch.cat(recon)), truth)["attribute_accuracy"]
 
-    result = compare(images / times["ours"]["median"], images / times["official"]["median"], "images/s")
+    result = compare_rates(times["ours"], times["official"], "images/s", work=(images, images))
     result.update(ours_agreement=agreement(OURS), baseline_agreement=agreement(OFFICIAL))
-    result["paired_ratio"] = paired_ratio(times["ours"], times["official"])
     return {"reconstruction": result, "reconstruction_times": times}

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from bench.harness import compare, interleaved, paired_ratio, peak_memory
+from bench.harness import compare_rates, interleaved, peak_memory
 from vlv.model import VLV
 from vlv.presets import STAGE1_PARTS, preset
 from vlv.shapes.world import render_batch, sample_scenes
@@ -83,7 +83,6 @@ def _child_peak(which: str, device: str, batch_size: int) -> int:
 def run(device: str = "cpu", *, batch_size: int = 8, repeats: int = 5) -> dict:
     steps = _steps(device, batch_size)
     times = interleaved({"ours": steps["ours"], "official": steps["official"]}, repeats=repeats, device=device)
-    rate = {name: batch_size / t["median"] for name, t in times.items()}
     memory = {
         "ours_peak_bytes": fresh_peak("ours", device, batch_size),
         "baseline_peak_bytes": fresh_peak("official", device, batch_size),
@@ -91,10 +90,8 @@ def run(device: str = "cpu", *, batch_size: int = 8, repeats: int = 5) -> dict:
         + ("(max allocated)" if torch.device(device).type == "cuda" else "(resident set, sampled)"),
     }
     flops = step_flops(steps["composition"], steps["batch"])
-    result = compare(rate["ours"], rate["official"], "samples/s")
-    result["paired_ratio"] = paired_ratio(times["ours"], times["official"])
     return {
-        "stage1_step": result,
+        "stage1_step": compare_rates(times["ours"], times["official"], "samples/s", work=(batch_size, batch_size)),
         "stage1_step_times": times,
         "memory": memory,
         "stage1_step_flops": flops,

@@ -22,10 +22,12 @@ def test_compare_reports_ours_over_baseline_for_rates_and_the_inverse_for_costs(
 def test_the_paired_ratio_is_taken_round_by_round():
     # Round 2 ran on a machine twice as slow for both: the per-round ratios stay 2, the ratio of medians does not.
     ours, baseline = harness.summary([1.0, 2.0, 1.0]), harness.summary([2.0, 4.0, 2.0])
-    assert harness.paired_ratio(ours, baseline)["values"] == [2.0, 2.0, 2.0]
-    assert harness.paired_ratio(ours, baseline, scale=16.0)["median"] == 32.0  # ours does 16× the work per call
+    assert harness.compare_rates(ours, baseline, "x/s")["paired_ratio"]["values"] == [2.0, 2.0, 2.0]
+    # ours does 16× the work per call
+    assert harness.compare_rates(ours, baseline, "x/s", work=(16, 1))["paired_ratio"]["median"] == 32.0
     drift = harness.summary([1.0, 1.0, 3.0]), harness.summary([3.0, 9.0, 9.0])
-    assert harness.paired_ratio(*drift)["median"] == 3.0 and drift[1]["median"] / drift[0]["median"] == 9.0
+    paired = harness.compare_rates(*drift, "x/s")["paired_ratio"]
+    assert paired["median"] == 3.0 and drift[1]["median"] / drift[0]["median"] == 9.0
 
 
 def test_interleaved_runs_the_cases_in_turn_after_their_warm_up():
