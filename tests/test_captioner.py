@@ -57,3 +57,33 @@ def test_decode_cuts_at_first_eos(tiny_model):
     tok = cap.tokenizer
     ids = tok("a red circle", add_special_tokens=False).input_ids + [tok.eos_token_id] + tok("and a").input_ids
     assert cap.decode(ids) == "a red circle"
+
+
+def test_a_frozen_encoder_embeds_each_named_image_once(tiny_config):
+    """With `keys` and a frozen encoder (phases 1–2), c comes from the first pass over each image: the loss equals the
+    uncached one and the encoder sees only images not seen before; once the encoder trains, keys change nothing."""
+    model = VLV(tiny_config)
+    pool = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    captions = [f"a {c} circle" for c in ("red", "blue", "green", "red", "blue")]
+    encoded = []
+    model.encoder.register_forward_hook(lambda module, args, out: encoded.append(out.shape[0]))
+
+    def batch(idx: list[int], keys: bool = True) -> dict:
+        b = {"images": pool[idx], "captions": [captions[i] for i in idx]}
+        return {**b, "keys": idx} if keys else b
+
+    model.set_trainable(PHASE_PARTS["mlp"])
+    cached, plain = model.captioner(), model.captioner()
+    for idx, new in (([0, 1, 2], 3), ([2, 3, 3], 1), ([4, 0, 1], 1), ([3, 4, 2], 0)):
+        encoded.clear()
+        loss = cached(batch(idx))
+        assert sum(encoded) == new, idx
+        assert torch.allclose(loss, plain(batch(idx, keys=False)), atol=1e-6)
+    loss.backward()
+    assert all(p.grad is not None for p in model.caption_decoder.projector.parameters())
+
+    model.set_trainable(PHASE_PARTS["encoder"])
+    encoded.clear()
+    model.captioner()(batch([0, 1])).backward()
+    assert encoded == [2]
+    assert all(p.grad is not None for p in model.encoder.florence.language_model.parameters() if p.requires_grad)

@@ -10,10 +10,10 @@ from the global torch RNG, which the training loop saves and restores — or, wh
 one generator per image, so that an image draws the same noise however the global batch is split across processes
 and micro-batches (what makes a 2-process run equal a 1-process run).
 
-A batch is a dict: `images` (B, 3, H, W) in [0, 1] always; `captions` (list of B strings) for the captioner;
-optionally `seeds` (B,) int64, `moments` (B, 2C, h, w) — the VAE posterior of each image from a latent cache, so
-the VAE does not run — and `sources` (P, 2, 3, H, W) with `composites` (P, 3, H, W) for the auto-encoder's
-composition term.
+A batch is a dict: `images` (B, 3, H, W) in [0, 1] always; `captions` (list of B strings) for the captioner, and
+optionally `keys` (B hashables naming the images: the captioner then reuses a frozen encoder's output); optionally
+`seeds` (B,) int64, `moments` (B, 2C, h, w) — the VAE posterior of each image from a latent cache, so the VAE does
+not run — and `sources` (P, 2, 3, H, W) with `composites` (P, 3, H, W) for the auto-encoder's composition term.
 """
 
 from __future__ import annotations
@@ -155,16 +155,44 @@ class Captioner(nn.Module):
         *,
         denoising: Autoencoder | None = None,
         denoising_weight: float = 0.0,
+        cache_limit: int = 20_000,
     ):
         """denoising, denoising_weight: add `denoising_weight` × the stage-1 loss of the same images (an
-        `Autoencoder` over the same encoder), so that an encoder trained for captions stays one the teacher decodes."""
+        `Autoencoder` over the same encoder), so that an encoder trained for captions stays one the teacher decodes.
+        cache_limit: at most this many images' conditionings are kept (see `conditions`)."""
         super().__init__()
         self.encoder, self.conditioner, self.caption_decoder = encoder, conditioner, caption_decoder
         self.image_size = image_size  # the model's input crop (`VLV.preprocess`): the same pixels as inference
         self.denoising, self.denoising_weight = denoising, denoising_weight
+        self.cache_limit = cache_limit
+        self._cache: dict = {}  # image key → its c (77, d_clip), filled while encoder and conditioner are frozen
+
+    def conditions(self, batch: dict) -> torch.Tensor:
+        """c (B, 77, d_clip) of the batch's images.
+
+        While neither the encoder nor the conditioner trains (progressive phases 1 and 2), an image's c cannot change:
+        when the batch names its images (`keys`, one hashable per image, e.g. its index in the pairs), each image's c
+        is computed the first time it is drawn and reused after — for as long as this composition lives, and for at
+        most `cache_limit` images (beyond it, new images are computed every time)."""
+        keys = batch.get("keys")
+        frozen = not any(p.requires_grad for m in (self.encoder, self.conditioner) for p in m.parameters())
+        if keys is None or not frozen:
+            return self.conditioner(self.encoder(to_batch(batch["images"], self.image_size)))
+        first = {}  # each image not seen before → where it first occurs in the batch
+        for i, key in enumerate(keys):
+            if key not in self._cache:
+                first.setdefault(key, i)
+        if len(self._cache) + len(first) > self.cache_limit:
+            with torch.no_grad():
+                return self.conditioner(self.encoder(to_batch(batch["images"], self.image_size)))
+        if first:
+            with torch.no_grad():
+                c = self.conditioner(self.encoder(to_batch(batch["images"][list(first.values())], self.image_size)))
+            self._cache.update(zip(first, c))
+        return torch.stack([self._cache[key] for key in keys])
 
     def forward(self, batch: dict) -> torch.Tensor:
-        c = self.conditioner(self.encoder(to_batch(batch["images"], self.image_size)))  # (B, 77, d_clip)
+        c = self.conditions(batch)  # (B, 77, d_clip)
         loss = self.caption_decoder.loss(c, batch["captions"])
         if self.denoising is not None and self.denoising_weight > 0:
             loss = loss + self.denoising_weight * self.denoising({"images": batch["images"]})

@@ -126,12 +126,13 @@ def composition_seed(cfg: DemoConfig) -> int:
 
 
 def pair_batches(pairs: list[Scene], batch_size: int, seed: int):
-    """batches(step) → {images, captions}: `batch_size` pairs drawn with replacement, seeded per step."""
+    """batches(step) → {images, captions, keys}: `batch_size` pairs drawn with replacement, seeded per step; keys
+    are the pairs' indices (while the encoder is frozen, each pair's conditioning is computed once)."""
     images, captions = renders(pairs), [s.caption for s in pairs]
 
     def batches(step: int) -> dict:
         idx = np.random.default_rng(derive_seed(seed, f"pairs/{step}")).integers(0, len(pairs), batch_size)
-        return {"images": images[idx], "captions": [captions[i] for i in idx]}
+        return {"images": images[idx], "captions": [captions[i] for i in idx], "keys": idx.tolist()}
 
     return batches
 
