@@ -99,6 +99,8 @@ def flops_per_step(cfg: DemoConfig, teacher: str) -> dict[str, int]:
             model.set_trainable(seg.trainable)
             batch = stage1_batches(recipe, compose=compose, size=model.config.teacher.image_size)(0)
             flops[name] = step_flops(autoencoder_of(model, seg), batch)
+    # Stage 2 counted as if every step ran the encoder: phases 1–2 reuse a frozen encoder's output
+    # (`Captioner.conditions`), so VLV's count errs high — the compute-matched baseline gets more, never less.
     batch = pair_batches(demo_pairs(cfg), cfg.batch_size, cfg.seed)(0)
     for phase in (*cfg.stage2().phases, *cfg.baseline().phases):
         model.set_trainable(phase.trainable)
