@@ -1,7 +1,7 @@
 """`python -m bench [--device cpu|cuda] [--json OUT] [--case NAME ...]`: performance, as ratios measured in one run.
 
-Cases (default: all but the long one): stage1-step (with memory and the roofline), captioning, reconstruction;
-`--case stage1-efficiency` runs the long compute-efficiency comparison alone (hours).
+Cases (default: all but the long one): stage1-step (with memory and the roofline), stage2-step, captioning,
+reconstruction; `--case stage1-efficiency` runs the long compute-efficiency comparison alone (hours).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DEFAULT_CASES = ("stage1-step", "captioning", "reconstruction")
+DEFAULT_CASES = ("stage1-step", "stage2-step", "captioning", "reconstruction")
 
 
 def _caption_model(path: str | None, device: str):
@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             "fraction": achieved / matmul,
             "dtype": str(dtype).removeprefix("torch."),
         }
+    if "stage2-step" in args.case:
+        from bench import stage2_step
+
+        results.update(stage2_step.run(args.device, repeats=args.repeats))
     if "captioning" in args.case:
         from bench import captioning
 
