@@ -81,6 +81,7 @@ def two_segments(
 # stratified timesteps and the EMA (the cheapest recipe to 0.90 of `python -m bench --case stage1-efficiency`), 400
 # steps on renders, then 900 with 24 composition triples per step at lr 1e-3. With 800 + 1,400 steps at lr 5e-4 it
 # met the demo's bars too, at 1.6× the compute; with 12 triples per step the composition score stayed at 0.36.
+STAGE1_COMMITTED = two_segments(2000, 3500, 12)
 STAGE1_FROM_SCRATCH = two_segments(400, 900, 24, compose_lr=1e-3, fast=True, noises=2)
 
 
