@@ -235,13 +235,26 @@ def test_frozen_bart_and_llm_stay_in_eval_mode_while_others_train(tiny_config, i
     assert not torch.equal(composition(batch), composition(batch))  # BART trains: its dropout is on
 
 
-def test_an_interrupted_stage_two_continues_from_its_snapshot_bitwise(tiny_config, images, tmp_path):
+def _named_batches():
+    """Two of six fixed images per step, drawn by index and named by it (`keys`: the conditioning cache)."""
+    pool = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+    def batches(step: int) -> dict:
+        idx = torch.randint(0, 6, (2,), generator=torch.Generator().manual_seed(step)).tolist()
+        return {"images": pool[idx], "captions": [CAPTIONS[i % 2] for i in idx], "keys": idx}
+
+    return batches
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["plain", "cached"])
+def test_an_interrupted_stage_two_continues_from_its_snapshot_bitwise(tiny_config, images, tmp_path, named):
     """Killed in the middle of phase `llm`: a second call resumes from the snapshot (phase `mlp` is not rerun) and
-    ends with the weights of the uninterrupted run; the snapshot is removed at the end."""
+    ends with the weights of the same call uninterrupted; the snapshot is removed at the end. Also with named images,
+    whose conditionings phases `mlp` and `llm` cache (both runs start a fresh cache at each snapshot)."""
     recipe = progressive((3, 5, 3), OptimConfig(steps=0, lr=3e-3, warmup_steps=1, seed=2))
-    data = _batches(images)
+    data = _named_batches() if named else _batches(images)
     uninterrupted = VLV(tiny_config)
-    expected_log = train_captioner(uninterrupted, data, recipe)
+    expected_log = train_captioner(uninterrupted, data, recipe, snapshot=tmp_path / "whole.pt", snapshot_every=2)
 
     calls = []
 

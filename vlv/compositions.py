@@ -191,6 +191,10 @@ class Captioner(nn.Module):
             self._cache.update(zip(first, c))
         return torch.stack([self._cache[key] for key in keys])
 
+    def clear_cache(self) -> None:
+        """Forget the cached conditionings (`conditions` computes them again as images come)."""
+        self._cache.clear()
+
     def forward(self, batch: dict) -> torch.Tensor:
         c = self.conditions(batch)  # (B, 77, d_clip)
         loss = self.caption_decoder.loss(c, batch["captions"])

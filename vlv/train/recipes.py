@@ -129,9 +129,9 @@ def train_captioner(
     entries name their phase. after_phase(phase) runs after each phase (e.g. to score captions).
 
     snapshot: a file to which the whole run's state (the model's weights, the loop's optimizer, RNGs and log) is
-    written every `snapshot_every` steps; a call that finds one continues from it — bit for bit the uninterrupted
-    run — and removes it at the end. For in-process runs (`vlv train` has full checkpoints); after_phase is not
-    called again for phases finished before the interruption.
+    written every `snapshot_every` steps; a call that finds one continues from it — bit for bit the same call
+    uninterrupted — and removes it at the end. For in-process runs (`vlv train` has full checkpoints); after_phase is
+    not called again for phases finished before the interruption.
     """
     resume = torch.load(snapshot, weights_only=True) if snapshot is not None and snapshot.is_file() else None
     log = [] if resume is None else resume["log"]
@@ -147,12 +147,15 @@ def train_captioner(
             tqdm.write(f"stage 2: continuing {phase.name} from step {trainer.step} ({snapshot})")
             resume = None
 
-        def on_step(index: int = index, trainer: Trainer = trainer, done: list = log) -> None:
+        def on_step(index: int = index, trainer: Trainer = trainer, done: list = log, comp=composition) -> None:
             if snapshot is not None and trainer.step % snapshot_every == 0 and trainer.step < trainer.cfg.steps:
                 state = {"phase": index, "log": done, "model": model.state_dict(), "trainer": trainer.state_dict()}
                 tmp = snapshot.with_name(snapshot.name + ".tmp")
                 torch.save(state, tmp)
                 os.replace(tmp, snapshot)  # a run killed while saving keeps the previous snapshot
+                # A run resumed from here starts without cached conditionings: so does this one, so that both
+                # compute every later c in the same batches (a batch's size can move c's last bits).
+                comp.clear_cache()
 
         entries = trainer.run(batches, log_every=max(1, phase.optim.steps // log_points), on_step=on_step)
         log += [{**e, "phase": phase.name} for e in entries]
