@@ -5,6 +5,8 @@ interleaved. The cache is filled first, as it is for most of a 300-step phase th
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from bench.harness import compare_rates, interleaved
@@ -30,12 +32,11 @@ def run(device: str = "cpu", *, steps: int = 10, repeats: int = 5) -> dict:
         keys = list(range(i, min(i + 100, len(pairs))))
         with torch.no_grad():
             cached.conditions({"images": images[keys].to(device), "keys": keys})
-    drawn = [0]
+    drawn = itertools.count()  # every step draws a new batch, whichever case runs it
 
     def run_steps(name: str) -> None:
         for _ in range(steps):
-            batch = batches(drawn[0])
-            drawn[0] += 1
+            batch = batches(next(drawn))
             batch["images"] = batch["images"].to(device)
             if name == "uncached":
                 batch.pop("keys")

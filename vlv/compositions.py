@@ -175,21 +175,21 @@ class Captioner(nn.Module):
         is computed the first time it is drawn and reused after — for as long as this composition lives, and for at
         most `cache_limit` images (beyond it, new images are computed every time)."""
         keys = batch.get("keys")
-        frozen = not any(p.requires_grad for m in (self.encoder, self.conditioner) for p in m.parameters())
-        if keys is None or not frozen:
-            return self.conditioner(self.encoder(to_batch(batch["images"], self.image_size)))
+        if keys is None or any(p.requires_grad for m in (self.encoder, self.conditioner) for p in m.parameters()):
+            return self._encode(batch["images"])
         first = {}  # each image not seen before → where it first occurs in the batch
         for i, key in enumerate(keys):
             if key not in self._cache:
                 first.setdefault(key, i)
-        if len(self._cache) + len(first) > self.cache_limit:
-            with torch.no_grad():
-                return self.conditioner(self.encoder(to_batch(batch["images"], self.image_size)))
-        if first:
-            with torch.no_grad():
-                c = self.conditioner(self.encoder(to_batch(batch["images"][list(first.values())], self.image_size)))
-            self._cache.update(zip(first, c))
+        with torch.no_grad():
+            if len(self._cache) + len(first) > self.cache_limit:
+                return self._encode(batch["images"])
+            if first:
+                self._cache.update(zip(first, self._encode(batch["images"][list(first.values())])))
         return torch.stack([self._cache[key] for key in keys])
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.conditioner(self.encoder(to_batch(images, self.image_size)))
 
     def clear_cache(self) -> None:
         """Forget the cached conditionings (`conditions` computes them again as images come)."""
