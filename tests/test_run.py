@@ -242,3 +242,54 @@ def test_with_ema_decay_each_phase_ends_with_the_ema_of_its_weights(tmp_path, im
     assert not all(torch.equal(final[k], live[k]) for k in ema)
     assert main(train_args(tmp_path / "bad", images, "--ema-decay", "1", steps=2)) == 2
     assert "ema_decay must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_stage_2_on_a_folder_encodes_each_image_once_while_the_encoder_is_frozen(tmp_path, images):
+    """Phases mlp and llm (encoder frozen): each of the folder's 12 images is encoded once per phase, not at each of
+    its 2 draws, with the same losses to float precision; phase encoder trains it and encodes every draw. With
+    `--conditioning-cache-gib 0` every draw is encoded. A run resumed from a mid-phase checkpoint (the cache starts
+    afresh there, in the uninterrupted run too) ends with the uninterrupted run's weights, bit for bit."""
+    from tests.conftest import reset_accelerate_state
+    from vlv.encoder import VLVEncoder
+
+    init = tmp_path / "stage1"
+    model = VLV(preset("tiny"))
+    model.encoder  # noqa: B018 — build it so the checkpoint stores it
+    model.save_pretrained(init)
+    encoded: list[int] = []
+
+    def count(module, args, output):
+        if isinstance(module, VLVEncoder):
+            encoded.append(args[0].shape[0])
+
+    def run(out: Path, *extra: str) -> tuple[int, list[dict]]:
+        encoded.clear()
+        args = ["train", "captioner", "--init", str(init), "--data", str(images), "--out", str(out), "--seed", "1",
+                "--num-workers", "0", "--batch-size", "4", "--steps", "6,6,2", "--log-every", "1", "--preview", "0",
+                "--keep", "10", *extra]  # fmt: skip
+        handle = torch.nn.modules.module.register_module_forward_hook(count)
+        try:
+            assert main(args) == 0
+        finally:
+            handle.remove()
+            reset_accelerate_state()
+        return sum(encoded), json.loads((out / "final" / "training.json").read_text())["log"]
+
+    # 6 steps of 4 draw each of the 12 images twice per phase (each epoch is a permutation of the folder).
+    cached, cached_log = run(tmp_path / "cached")
+    plain, plain_log = run(tmp_path / "plain", "--conditioning-cache-gib", "0")
+    assert (cached, plain) == (12 + 12 + 2 * 4, 24 + 24 + 2 * 4)
+    frozen = [(a["loss"], b["loss"]) for a, b in zip(cached_log, plain_log) if a["phase"] in ("mlp", "llm")]
+    assert len(frozen) == 12 and all(a == pytest.approx(b, rel=1e-5) for a, b in frozen)
+
+    # Checkpoints after steps 4, 6, 10, 12, 14; in each frozen phase steps 5–6 encode their 8 images again.
+    uninterrupted = tmp_path / "saving"
+    assert run(uninterrupted, "--save-every", "4")[0] == (12 + 8) * 2 + 2 * 4
+    resumed = tmp_path / "resumed"
+    shutil.copytree(uninterrupted, resumed)
+    for later in sorted((resumed / "checkpoints").iterdir())[1:]:  # as if it had stopped after step 4
+        shutil.rmtree(later)
+    shutil.rmtree(resumed / "final")
+    run(resumed, "--resume")
+    ours, reference = weights(resumed), weights(uninterrupted)
+    assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours)

@@ -143,6 +143,11 @@ class Autoencoder(nn.Module):
         return self.decoder.denoising_loss(latents, c, t=t)
 
 
+# The default bound of `Captioner`'s cache of frozen conditionings: 1 GiB holds 27,000 images' c of the shapes model
+# (77 × 128 fp32) or 3,400 of the paper's (77 × 1,024 fp32).
+CONDITIONING_CACHE_BYTES = 1 << 30
+
+
 class Captioner(nn.Module):
     """Stage 2 (paper §3.2): next-token loss of the captions given the prefix ψ(CLIP(z))."""
 
@@ -155,38 +160,47 @@ class Captioner(nn.Module):
         *,
         denoising: Autoencoder | None = None,
         denoising_weight: float = 0.0,
-        cache_limit: int = 20_000,
+        cache_bytes: int = CONDITIONING_CACHE_BYTES,
     ):
         """denoising, denoising_weight: add `denoising_weight` × the stage-1 loss of the same images (an
         `Autoencoder` over the same encoder), so that an encoder trained for captions stays one the teacher decodes.
-        cache_limit: at most this many images' conditionings are kept (see `conditions`)."""
+        cache_bytes: the most memory the cached conditionings may take (see `conditions`; 0: no cache)."""
         super().__init__()
         self.encoder, self.conditioner, self.caption_decoder = encoder, conditioner, caption_decoder
         self.image_size = image_size  # the model's input crop (`VLV.preprocess`): the same pixels as inference
         self.denoising, self.denoising_weight = denoising, denoising_weight
-        self.cache_limit = cache_limit
+        self.cache_bytes = cache_bytes
         self._cache: dict = {}  # image key → its c (77, d_clip), filled while encoder and conditioner are frozen
+        self._cached_bytes = 0
 
     def conditions(self, batch: dict) -> torch.Tensor:
         """c (B, 77, d_clip) of the batch's images.
 
         While neither the encoder nor the conditioner trains (progressive phases 1 and 2), an image's c cannot change:
-        when the batch names its images (`keys`, one hashable per image, e.g. its index in the pairs), each image's c
-        is computed the first time it is drawn and reused after — for as long as this composition lives, and for at
-        most `cache_limit` images (beyond it, new images are computed every time)."""
+        when the batch names its images (`keys`, one hashable per image that no other image shares, e.g. its index
+        in the data), each image's c is computed the first time it is drawn and reused after, on the device it was
+        computed on, for as long as this composition lives or until `clear_cache`. Once the cache holds
+        `cache_bytes`, images not in it are computed every time (those in it are still reused)."""
         keys = batch.get("keys")
-        if keys is None or any(p.requires_grad for m in (self.encoder, self.conditioner) for p in m.parameters()):
+        if keys is None or self.cache_bytes <= 0 or self._trains():
             return self._encode(batch["images"])
-        first = {}  # each image not seen before → where it first occurs in the batch
+        new = {}  # each image not cached → where it first occurs in the batch
         for i, key in enumerate(keys):
             if key not in self._cache:
-                first.setdefault(key, i)
-        with torch.no_grad():
-            if len(self._cache) + len(first) > self.cache_limit:
-                return self._encode(batch["images"])
-            if first:
-                self._cache.update(zip(first, self._encode(batch["images"][list(first.values())])))
-        return torch.stack([self._cache[key] for key in keys])
+                new.setdefault(key, i)
+        fresh = {}
+        if new:
+            with torch.no_grad():
+                fresh = dict(zip(new, self._encode(batch["images"][list(new.values())])))
+            for key, c in fresh.items():
+                if self._cached_bytes + c.nbytes > self.cache_bytes:
+                    break
+                self._cache[key] = c.clone()  # its own storage: the batch's tensor is not kept alive
+                self._cached_bytes += c.nbytes
+        return torch.stack([self._cache[key] if key in self._cache else fresh[key] for key in keys])
+
+    def _trains(self) -> bool:
+        return any(p.requires_grad for m in (self.encoder, self.conditioner) for p in m.parameters())
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.conditioner(self.encoder(to_batch(images, self.image_size)))
@@ -194,6 +208,7 @@ class Captioner(nn.Module):
     def clear_cache(self) -> None:
         """Forget the cached conditionings (`conditions` computes them again as images come)."""
         self._cache.clear()
+        self._cached_bytes = 0
 
     def forward(self, batch: dict) -> torch.Tensor:
         c = self.conditions(batch)  # (B, 77, d_clip)

@@ -40,7 +40,7 @@ from transformers import AutoTokenizer
 
 from vlv import checkpoint, encoder
 from vlv.captioner import CaptionDecoder, LoraSettings, build_caption_decoder
-from vlv.compositions import Autoencoder, Captioner, compose_embeddings
+from vlv.compositions import CONDITIONING_CACHE_BYTES, Autoencoder, Captioner, compose_embeddings
 from vlv.conditioning import TextConditioner, build_text_conditioner
 from vlv.config import VLVConfig, derive_seed
 from vlv.diffusion import DiffusionDecoder, build_diffusion_decoder
@@ -317,9 +317,10 @@ class VLV(nn.Module):
             self.encoder, self.conditioner, self.decoder, noises_per_image=noises_per_image, timesteps=timesteps
         )
 
-    def captioner(self, *, denoising_weight: float = 0.0) -> Captioner:
+    def captioner(self, *, denoising_weight: float = 0.0, cache_bytes: int = CONDITIONING_CACHE_BYTES) -> Captioner:
         """The stage-2 composition over this model's parts (encoder, conditioner, caption decoder); with a
-        `denoising_weight` > 0 it adds that times the stage-1 loss of the same images (teacher's UNet, VAE too)."""
+        `denoising_weight` > 0 it adds that times the stage-1 loss of the same images (teacher's UNet, VAE too).
+        cache_bytes: memory for the conditionings of named images while the encoder is frozen (`Captioner`)."""
         denoising = self.autoencoder() if denoising_weight > 0 else None
         return Captioner(
             self.encoder,
@@ -328,6 +329,7 @@ class VLV(nn.Module):
             self.config.teacher.image_size,
             denoising=denoising,
             denoising_weight=denoising_weight,
+            cache_bytes=cache_bytes,
         )
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:

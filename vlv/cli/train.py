@@ -46,6 +46,9 @@ def add_commands(sub) -> None:
                    "at each phase end (needs peft)")  # fmt: skip
     c.add_argument("--lora-alpha", type=float, default=None, help="LoRA update scale: alpha / rank (default 2 × rank)")
     c.add_argument("--lora-dropout", type=float, default=None, help="dropout on the LoRA adapters' input (default 0)")
+    c.add_argument("--conditioning-cache-gib", type=float, default=1.0,
+                   help="a folder's images: while the encoder is frozen (phases mlp, llm), keep each image's "
+                   "conditioning on the device in at most this many GiB, not computed every step (0: off)")  # fmt: skip
     c.set_defaults(func=run_captioner, latents=None)
 
     cache = sub.add_parser(
@@ -113,6 +116,7 @@ def _run_config(args) -> RunConfig:
         accumulation=args.grad_accum, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, num_workers=args.num_workers, log_every=args.log_every,
         image_column=args.image_column, caption_column=args.caption_column, preview=args.preview, wandb=args.wandb,
+        conditioning_cache_gib=getattr(args, "conditioning_cache_gib", RunConfig.conditioning_cache_gib),
     )  # fmt: skip
 
 

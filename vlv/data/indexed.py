@@ -33,9 +33,10 @@ class IndexedBatches(Dataset):
     """Item u = micro-batch u of this process: step u // A, micro-batch u % A (see the module docstring).
 
     records: a sequence of `Record` (random access). A micro-batch is {"images": uint8 (b, 3, S, S) (or the stacked
-    tensors of dict records, e.g. cached moments), "captions", "keys", "seeds": int64 (b,), "skipped": [(key,
-    reason)], "step": t}. Unreadable records are dropped from their micro-batch and reported; a micro-batch left
-    empty takes the next readable positions after the run's global batch (never an empty batch).
+    tensors of dict records, e.g. cached moments), "captions", "keys", "records": each image's index in `records`,
+    "seeds": int64 (b,), "skipped": [(key, reason)], "step": t}. Unreadable records are dropped from their micro-batch
+    and reported; a micro-batch left empty takes the next readable positions after the run's global batch (never an
+    empty batch).
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class IndexedBatches(Dataset):
         batch.update(
             captions=[r.caption for _, r, _ in items],
             keys=[r.key for _, r, _ in items],
+            records=[self.index(p) for p, _, _ in items],
             seeds=torch.tensor([sample_seed(self.seed, p) for p, _, _ in items], dtype=torch.long),
             skipped=skipped,
             step=step,

@@ -44,7 +44,7 @@ from vlv.train.recipes import CaptionerRecipe, Phase, paired_only, progressive, 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of one demo run. `full()` is `make demo`; `quick()` is the < 2-minute smoke run used in tests."""
+    """Sizes of one demo run. `full()` is `make demo`; `quick()` is the tests' smoke run (≈ 2.5 min, 2 cores)."""
 
     stage1: Stage1Recipe
     phase_steps: tuple[int, int, int]  # stage-2 steps in progressive phases ψ / ψ+LLM / ψ+LLM+BART
@@ -81,7 +81,7 @@ class DemoConfig:
     @classmethod
     def quick(cls) -> DemoConfig:
         return cls(
-            stage1=Stage1Recipe(segment(40, 12, 1e-3), segment(20, 8, 3e-4), composition_pairs=4),
+            stage1=Stage1Recipe(segment(20, 12, 1e-3), segment(10, 8, 3e-4), composition_pairs=4),
             phase_steps=(30, 30, 30),
             stage2_lr=1e-3,
             n_pairs=200,

@@ -66,6 +66,9 @@ class RunConfig:
     image_column: str = "image"  # parquet columns
     caption_column: str = "caption"
     preview: int = 4  # images in the sample grid written at each save (0: none)
+    # Stage 2 on a folder: while the encoder is frozen, each image's conditioning is computed once and kept on the
+    # device, in at most this many GiB (`vlv.compositions.Captioner.conditions`); 0: computed at every step.
+    conditioning_cache_gib: float = 1.0
     wandb: bool = False  # also log to Weights & Biases (when installed)
 
 
@@ -83,10 +86,10 @@ class PhaseSpec:
     lora: LoraSettings | None = None  # train the LLM (when in `trainable`) through LoRA adapters; None: fully
 
 
-def _composition(model: VLV, phase: PhaseSpec):
+def _composition(model: VLV, phase: PhaseSpec, run: RunConfig):
     if phase.kind == "autoencoder":
         return model.autoencoder(noises_per_image=phase.noises_per_image, timesteps=phase.timesteps)
-    return model.captioner()
+    return model.captioner(cache_bytes=int(run.conditioning_cache_gib * 2**30))
 
 
 def _records(run: RunConfig, model: VLV, kind: str):
@@ -164,6 +167,8 @@ class Feed:
         out = {"images": batch["images"].to(device).float() / 255}  # (b, 3, S, S) in [0, 1]
         if self.phase.kind == "captioner":
             out["captions"] = batch["captions"]
+            if "records" in batch:  # indexed data names each image by its record: a key no other image shares
+                out["keys"] = batch["records"]
         else:
             out["seeds"] = batch["seeds"]
             if "moments" in batch:
@@ -259,7 +264,7 @@ class _Run:
     def train_phase(self, index: int, data, resumed: bool) -> None:
         phase, run, model = self.phases[index], self.run, self.model
         model.set_trainable(phase.trainable, lora=phase.lora)
-        composition = _composition(model, phase)
+        composition = _composition(model, phase, run)
         if run.mixed_precision == "bf16":
             # Weights that train in some phase stay fp32 master weights throughout; the others may be bf16. An LLM
             # that trains through LoRA adapters only is a frozen weight too: its base in bf16 is what fits
@@ -285,6 +290,10 @@ class _Run:
         def on_step() -> None:
             if trainer.step % run.save_every == 0 and trainer.step < trainer.cfg.steps:
                 self.save(index, trainer, feed, preview, done=False)
+                if phase.kind == "captioner":
+                    # A run resumed from here starts without cached conditionings: so does this one, so that both
+                    # compute every later c in the same batches (a batch's size can move c's last bits).
+                    composition.clear_cache()
 
         def on_log(entry: dict) -> None:
             values = {f"{phase.name}/loss": entry["loss"], f"{phase.name}/lr": entry["lr"]}
