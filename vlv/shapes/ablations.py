@@ -30,7 +30,8 @@ def run_ablations(
     for steps in cfg.ablation_stage1_steps:  # renders only, no composition segment
         plain = dataclasses.replace(cfg.stage1.plain, optim=dataclasses.replace(cfg.stage1.plain.optim, steps=steps))
         recipe = Stage1Recipe(plain, seed=cfg.seed)
-        model, record = obtain_stage1(base, recipe, None, out / "ablations" / f"stage1_{steps}")
+        cache = out / "ablations" / f"stage1_{steps}"
+        model, record = obtain_stage1(base, recipe, None, cache, log_points=cfg.stage1_log_points)
         run_stage2(model, cfg.stage2(), demo_pairs(cfg), cfg.seed)
         rows_stage1.append(stage1_row(record, captions_exact(model)))
     rows_stage1.append(stage1_row(stage1, metrics["caption_exact"]))
@@ -40,7 +41,9 @@ def run_ablations(
             vlv_exact, base_exact = metrics["caption_exact"], metrics["baseline_caption_exact"]
         else:
             pairs = demo_pairs(cfg, n)
-            model, _ = obtain_stage1(base, cfg.stage1, cfg.stage1_from, out / "stage1")
+            model, _ = obtain_stage1(
+                base, cfg.stage1, cfg.stage1_from, out / "stage1", log_points=cfg.stage1_log_points
+            )
             run_stage2(model, cfg.stage2(), pairs, cfg.seed)
             vlv_exact = captions_exact(model)
             baseline = VLV(base)

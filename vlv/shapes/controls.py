@@ -140,7 +140,9 @@ def run_controls(out: Path, controls: Controls, *, teacher: str = preset.TEACHER
         def compute(snapshot: Path) -> dict:
             run = dataclasses.replace(cfg, seed=seed)
             base = preset.config(teacher=teacher, seed=seed)
-            model, _ = obtain_stage1(base, cfg.stage1, cfg.stage1_from, out / "stage1")
+            model, _ = obtain_stage1(
+                base, cfg.stage1, cfg.stage1_from, out / "stage1", log_points=cfg.stage1_log_points
+            )
             run_stage2(model, run.stage2(), demo_pairs(run, n), seed, snapshot=snapshot)
             return caption_scores(model)
 

@@ -55,6 +55,7 @@ class DemoConfig:
     composition_pairs: int
     reader_steps: int
     batch_size: int = 32
+    stage1_log_points: int = 8  # stage-1 log entries, each with the held-out probe
     seed: int = 0
     # A committed stage-1 checkpoint to start from (`vlv shapes train-encoder`); None trains stage 1 here.
     stage1_from: str | None = None
@@ -82,7 +83,7 @@ class DemoConfig:
     def quick(cls) -> DemoConfig:
         return cls(
             stage1=Stage1Recipe(segment(20, 12, 1e-3), segment(10, 8, 3e-4), composition_pairs=4),
-            phase_steps=(30, 30, 30),
+            phase_steps=(20, 20, 20),
             stage2_lr=1e-3,
             n_pairs=200,
             eval_scenes=64,
@@ -90,6 +91,7 @@ class DemoConfig:
             composition_pairs=16,
             reader_steps=250,
             batch_size=16,
+            stage1_log_points=4,
             ablation_stage1_steps=(10,),
             ablation_pairs=(50, 200),  # 200 = n_pairs: the demo's own run, not trained again
         )
@@ -179,7 +181,7 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str = preset.TEACHER
     lap("attribute_reader", t0)
 
     t0 = time.perf_counter()
-    model, stage1 = obtain_stage1(base, cfg.stage1, cfg.stage1_from, out / "stage1")
+    model, stage1 = obtain_stage1(base, cfg.stage1, cfg.stage1_from, out / "stage1", log_points=cfg.stage1_log_points)
     lap("stage1", t0)
 
     # The stage-1 encoder's probe, before stage 2: progressive phase 3 trains BART for captioning and moves z away

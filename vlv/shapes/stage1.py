@@ -179,16 +179,19 @@ def recipe_of(record: dict) -> Stage1Recipe:
     return Stage1Recipe(seg(r["plain"]), seg(r["compose"]), r["composition_pairs"], r["seed"])
 
 
-def train_encoder(model: VLV, recipe: Stage1Recipe, out: Path) -> dict:
-    """Train stage 1 and save the model to `out` (a VLV checkpoint with training.json); returns the record."""
+def train_encoder(model: VLV, recipe: Stage1Recipe, out: Path, *, log_points: int = 8) -> dict:
+    """Train stage 1 and save the model to `out` (a VLV checkpoint with training.json); returns the record.
+    log_points: about how many log entries, each with the held-out probe (a few seconds each on 2 cores)."""
     t0 = time.perf_counter()
-    log = run_stage1(model, recipe)
+    log = run_stage1(model, recipe, log_points=log_points)
     record = {**stage1_record(recipe, model.config.teacher.source), "seconds": time.perf_counter() - t0, "log": log}
     model.save_pretrained(out, training=record)
     return record
 
 
-def obtain_stage1(config: VLVConfig, recipe: Stage1Recipe, source: str | None, cache: Path) -> tuple[VLV, dict]:
+def obtain_stage1(
+    config: VLVConfig, recipe: Stage1Recipe, source: str | None, cache: Path, *, log_points: int = 8
+) -> tuple[VLV, dict]:
     """A model whose encoder went through stage 1: loaded from `source` (a committed checkpoint), from `cache` when
     it holds the same recipe and teacher, or trained now and saved to `cache`. The model uses `config`'s teacher."""
     teacher = config.teacher.source
@@ -203,4 +206,4 @@ def obtain_stage1(config: VLVConfig, recipe: Stage1Recipe, source: str | None, c
         tqdm.write(f"stage 1: loaded the cached encoder from {cache}")
         return VLV.from_pretrained(cache, teacher=teacher, seed=config.seed), record
     model = VLV(config)
-    return model, train_encoder(model, recipe, cache)
+    return model, train_encoder(model, recipe, cache, log_points=log_points)
