@@ -66,7 +66,7 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("demo", help="the shapes demo: teacher → stage 1 → stage 2 → evaluation, with a report")
     p.add_argument("--out", default="runs/demo", help="output folder (stage-1 cache, model, metrics, report)")
-    p.add_argument("--quick", action="store_true", help="a smoke-sized run (≈ 3 minutes on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="a smoke-sized run (2–3 minutes on 2 cores)")
     p.add_argument("--teacher", default=None, help="diffusers folder of a shapes teacher (default: the committed one)")
     p.add_argument("--train-teacher", action="store_true", help="train the teacher from scratch first (≈ 25 min)")
     p.add_argument(

@@ -44,7 +44,7 @@ from vlv.train.recipes import CaptionerRecipe, Phase, paired_only, progressive, 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of one demo run. `full()` is `make demo`; `quick()` is the tests' smoke run (≈ 2.5 min, 2 cores)."""
+    """Sizes of one demo run. `full()` is `make demo`; `quick()` is the tests' smoke run (2–3 min, 2 cores)."""
 
     stage1: Stage1Recipe
     phase_steps: tuple[int, int, int]  # stage-2 steps in progressive phases ψ / ψ+LLM / ψ+LLM+BART
@@ -89,7 +89,7 @@ class DemoConfig:
             eval_scenes=64,
             teacher_eval_scenes=32,
             composition_pairs=16,
-            reader_steps=250,
+            reader_steps=160,
             batch_size=16,
             stage1_log_points=4,
             ablation_stage1_steps=(10,),
