@@ -206,7 +206,9 @@ class Captioner(nn.Module):
         return self.conditioner(self.encoder(to_batch(images, self.image_size)))
 
     def clear_cache(self) -> None:
-        """Forget the cached conditionings (`conditions` computes them again as images come)."""
+        """Forget the cached conditionings (`conditions` computes them again as images come). Training loops call it
+        at each snapshot: a run resumed from there starts with an empty cache, and computing c in other batches can
+        move its last bits, so the uninterrupted run must start afresh there too to stay bitwise the same."""
         self._cache.clear()
         self._cached_bytes = 0
 

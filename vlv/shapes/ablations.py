@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vlv.config import VLVConfig
 from vlv.model import VLV
-from vlv.shapes.demo import DemoConfig, demo_pairs, run_stage2
+from vlv.shapes.demo import DemoConfig, demo_pairs, demo_stage1, run_stage2
 from vlv.shapes.evaluate import evaluate_captions
 from vlv.shapes.stage1 import Stage1Recipe, obtain_stage1, recipe_of
 from vlv.shapes.world import Scene
@@ -41,9 +41,7 @@ def run_ablations(
             vlv_exact, base_exact = metrics["caption_exact"], metrics["baseline_caption_exact"]
         else:
             pairs = demo_pairs(cfg, n)
-            model, _ = obtain_stage1(
-                base, cfg.stage1, cfg.stage1_from, out / "stage1", log_points=cfg.stage1_log_points
-            )
+            model, _ = demo_stage1(base, cfg, out)
             run_stage2(model, cfg.stage2(), pairs, cfg.seed)
             vlv_exact = captions_exact(model)
             baseline = VLV(base)

@@ -29,10 +29,18 @@ from tqdm import tqdm
 from vlv.checkpoint import read_training
 from vlv.model import VLV
 from vlv.shapes import preset
-from vlv.shapes.demo import DemoConfig, composition_seed, demo_pairs, heldout_scenes, pair_batches, run_stage2
+from vlv.shapes.demo import (
+    DemoConfig,
+    composition_seed,
+    demo_pairs,
+    demo_stage1,
+    heldout_scenes,
+    pair_batches,
+    run_stage2,
+)
 from vlv.shapes.evaluate import evaluate_captions, evaluate_composition
 from vlv.shapes.reader import train_reader
-from vlv.shapes.stage1 import Stage1Probe, Stage1Recipe, obtain_stage1, recipe_of, stage1_batches
+from vlv.shapes.stage1 import Stage1Probe, Stage1Recipe, recipe_of, stage1_batches
 from vlv.train.flops import step_flops, training_flops
 from vlv.train.recipes import CaptionerRecipe, autoencoder_of, recipe_dict
 
@@ -140,9 +148,7 @@ def run_controls(out: Path, controls: Controls, *, teacher: str = preset.TEACHER
         def compute(snapshot: Path) -> dict:
             run = dataclasses.replace(cfg, seed=seed)
             base = preset.config(teacher=teacher, seed=seed)
-            model, _ = obtain_stage1(
-                base, cfg.stage1, cfg.stage1_from, out / "stage1", log_points=cfg.stage1_log_points
-            )
+            model, _ = demo_stage1(base, cfg, out)
             run_stage2(model, run.stage2(), demo_pairs(run, n), seed, snapshot=snapshot)
             return caption_scores(model)
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vlv.config import derive_seed
+from vlv.config import VLVConfig, derive_seed
 from vlv.model import VLV
 from vlv.shapes import preset
 from vlv.shapes.evaluate import evaluate_captions, evaluate_composition, evaluate_reconstruction, evaluate_teacher
@@ -139,6 +139,11 @@ def pair_batches(pairs: list[Scene], batch_size: int, seed: int):
     return batches
 
 
+def demo_stage1(base: VLVConfig, cfg: DemoConfig, out: Path) -> tuple[VLV, dict]:
+    """The run's stage-1 model: `cfg.stage1_from`, else the one cached under OUT/stage1, else trained there now."""
+    return obtain_stage1(base, cfg.stage1, cfg.stage1_from, out / "stage1", log_points=cfg.stage1_log_points)
+
+
 def run_stage2(model: VLV, recipe: CaptionerRecipe, pairs: list[Scene], seed: int, **kwargs) -> list[dict]:
     """Stage 2 (or the baseline) on the N pairs; kwargs go to `train_captioner` (after_phase, log_points)."""
     return train_captioner(model, pair_batches(pairs, recipe.batch_size, seed), recipe, **kwargs)
@@ -181,7 +186,7 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str = preset.TEACHER
     lap("attribute_reader", t0)
 
     t0 = time.perf_counter()
-    model, stage1 = obtain_stage1(base, cfg.stage1, cfg.stage1_from, out / "stage1", log_points=cfg.stage1_log_points)
+    model, stage1 = demo_stage1(base, cfg, out)
     lap("stage1", t0)
 
     # The stage-1 encoder's probe, before stage 2: progressive phase 3 trains BART for captioning and moves z away

@@ -153,9 +153,7 @@ def train_captioner(
                 tmp = snapshot.with_name(snapshot.name + ".tmp")
                 torch.save(state, tmp)
                 os.replace(tmp, snapshot)  # a run killed while saving keeps the previous snapshot
-                # A run resumed from here starts without cached conditionings: so does this one, so that both
-                # compute every later c in the same batches (a batch's size can move c's last bits).
-                comp.clear_cache()
+                comp.clear_cache()  # as a run resumed from here starts (`Captioner.clear_cache`)
 
         entries = trainer.run(batches, log_every=max(1, phase.optim.steps // log_points), on_step=on_step)
         log += [{**e, "phase": phase.name} for e in entries]

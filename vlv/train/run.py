@@ -291,9 +291,7 @@ class _Run:
             if trainer.step % run.save_every == 0 and trainer.step < trainer.cfg.steps:
                 self.save(index, trainer, feed, preview, done=False)
                 if phase.kind == "captioner":
-                    # A run resumed from here starts without cached conditionings: so does this one, so that both
-                    # compute every later c in the same batches (a batch's size can move c's last bits).
-                    composition.clear_cache()
+                    composition.clear_cache()  # as a run resumed from here starts (`Captioner.clear_cache`)
 
         def on_log(entry: dict) -> None:
             values = {f"{phase.name}/loss": entry["loss"], f"{phase.name}/lr": entry["lr"]}
