@@ -68,6 +68,15 @@ def test_api_shapes(tiny_model, images):
     assert tiny_model.compose(images, steps=2).shape == (1, 3, 16, 16)
 
 
+def test_compose_decodes_a_batch_of_groups_as_each_group_spliced_on_its_own(tiny_model, images):
+    groups = torch.stack([images, images[[0, 0]]])  # (P=2, K=2, 3, H, W): (a, b) and (a, a)
+    together = tiny_model.compose(groups, seed=3, steps=2)
+    assert together.shape == (2, 3, 16, 16)
+    spliced = torch.cat([compose_embeddings(tiny_model.embed(g)) for g in groups])  # (2, 77, D)
+    by_hand = tiny_model.sample(tiny_model.condition(spliced), seed=3, steps=2)
+    assert torch.allclose(together, by_hand, atol=1e-5)  # z of 4 images in one batch vs 2 × 2: float rounding
+
+
 def test_each_use_builds_only_the_parts_it_needs(tiny_config, images):
     model = VLV(tiny_config)
     assert model.built_parts() == []

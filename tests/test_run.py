@@ -244,13 +244,30 @@ def test_with_ema_decay_each_phase_ends_with_the_ema_of_its_weights(tmp_path, im
     assert "ema_decay must be in [0, 1)" in capsys.readouterr().err
 
 
-def test_stage_2_on_a_folder_encodes_each_image_once_while_the_encoder_is_frozen(tmp_path, images):
-    """Phases mlp and llm (encoder frozen): each of the folder's 12 images is encoded once per phase, not at each of
+@pytest.mark.parametrize("layout", ["folder", "parquet"])
+def test_stage_2_encodes_each_image_once_while_the_encoder_is_frozen(tmp_path, images, layout):
+    """Phases mlp and llm (encoder frozen): each of the data's 12 images is encoded once per phase, not at each of
     its 2 draws, with the same losses to float precision; phase encoder trains it and encodes every draw. With
     `--conditioning-cache-gib 0` every draw is encoded. A run resumed from a mid-phase checkpoint (the cache starts
-    afresh there, in the uninterrupted run too) ends with the uninterrupted run's weights, bit for bit."""
+    afresh there, in the uninterrupted run too) ends with the uninterrupted run's weights, bit for bit. Parquet is
+    streamed, in 3 row groups of 5, 5 and 2 images, and each row group's file has the same name (`train`): the images
+    are told apart by their row group and row, not by the file's name."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from tests.conftest import reset_accelerate_state
     from vlv.encoder import VLVEncoder
+
+    data = images
+    if layout == "parquet":
+        files = sorted(images.glob("*.png"))
+        data = tmp_path / "parquet"
+        for part, chunk in enumerate((files[:5], files[5:10], files[10:])):  # train.parquet in 3 folders, 1 group each
+            (data / str(part)).mkdir(parents=True)
+            rows = {"image": [{"bytes": f.read_bytes(), "path": f.name} for f in chunk],
+                    "caption": [f.with_suffix(".txt").read_text() for f in chunk]}  # fmt: skip
+            pq.write_table(pa.table(rows), data / str(part) / "train.parquet")
+        data = f"{data}/*/train.parquet"
 
     init = tmp_path / "stage1"
     model = VLV(preset("tiny"))
@@ -264,7 +281,7 @@ def test_stage_2_on_a_folder_encodes_each_image_once_while_the_encoder_is_frozen
 
     def run(out: Path, *extra: str) -> tuple[int, list[dict]]:
         encoded.clear()
-        args = ["train", "captioner", "--init", str(init), "--data", str(images), "--out", str(out), "--seed", "1",
+        args = ["train", "captioner", "--init", str(init), "--data", str(data), "--out", str(out), "--seed", "1",
                 "--num-workers", "0", "--batch-size", "4", "--steps", "6,6,2", "--log-every", "1", "--preview", "0",
                 "--keep", "10", *extra]  # fmt: skip
         handle = torch.nn.modules.module.register_module_forward_hook(count)

@@ -401,10 +401,16 @@ class VLV(nn.Module):
     def compose(
         self, images: ImageInput | list, *, splits: list[int] | None = None, seed: int | None = 0, **options
     ) -> torch.Tensor:
-        """One image from several: splice their z (see `compose_embeddings`) and decode → (1, 3, S, S)."""
+        """One image from several: splice their z (see `compose_embeddings`) and decode → (1, 3, S, S).
+
+        images: the K images of one composition, or a (P, K, 3, H, W) tensor of P compositions of K images each,
+        decoded together in one batch → (P, 3, S, S) (the same splits for all)."""
         self._warn_without_stage1()
-        z = compose_embeddings(self.embed(images), splits)
-        return self.sample(self.condition(z), seed=seed, **options)
+        if isinstance(images, torch.Tensor) and images.ndim == 5:
+            z = self.embed(images.flatten(0, 1)).unflatten(0, images.shape[:2])  # (P, K, 77, D)
+        else:
+            z = self.embed(images)  # (K, 77, D)
+        return self.sample(self.condition(compose_embeddings(z, splits)), seed=seed, **options)
 
     def use_stage1(self, directory: str | os.PathLike) -> None:
         """Embed, reconstruct and compose with the encoder of the stage-1 checkpoint at `directory` (trained with

@@ -47,7 +47,7 @@ def add_commands(sub) -> None:
     c.add_argument("--lora-alpha", type=float, default=None, help="LoRA update scale: alpha / rank (default 2 × rank)")
     c.add_argument("--lora-dropout", type=float, default=None, help="dropout on the LoRA adapters' input (default 0)")
     c.add_argument("--conditioning-cache-gib", type=float, default=RunConfig.conditioning_cache_gib,
-                   help="a folder's images: while the encoder is frozen (phases mlp, llm), keep each image's "
+                   help="while the encoder is frozen (phases mlp, llm), keep each image's "
                    "conditioning on the device in at most this many GiB, not computed every step (0: off)")  # fmt: skip
     c.set_defaults(func=run_captioner, latents=None)
 

@@ -43,9 +43,10 @@ class DataStream(IterableDataset):
     """source's records → an endless stream of batches (see the module docstring for the exact semantics).
 
     A batch: {"images": uint8 (b, 3, S, S) (or the stacked fields of dict records), "captions": list[str | None],
-    "keys": list[str], "skipped": list[(key, reason)] since this slot's previous batch, "slot": int,
-    "logical_worker": int, "position": {"epoch", "unit", "offset"}}. DataLoader's default conversion turns the
-    (key, reason) tuples into 2-lists.
+    "keys": list[str], "records": list[str] (f"{unit index in the source}:{key}", a name no other record of the
+    source shares, even when two units' files have the same name), "skipped": list[(key, reason)] since this slot's
+    previous batch, "slot": int, "logical_worker": int, "position": {"epoch", "unit", "offset"}}. DataLoader's
+    default conversion turns the (key, reason) tuples into 2-lists.
     """
 
     def __init__(
@@ -89,7 +90,7 @@ class DataStream(IterableDataset):
         start = self.start.get(slot, ORIGIN)
         items, skipped = [], []
         epoch, usable = None, 0  # usable records in the current epoch: a slot with none could never fill a batch
-        for position, record in self._records(slot, self.world_size * workers):
+        for position, unit, record in self._records(slot, self.world_size * workers):
             if position["epoch"] != epoch:
                 whole = epoch != start["epoch"] or (start["unit"], start["offset"]) == (0, 0)
                 if epoch is not None and whole and usable == 0:
@@ -100,15 +101,16 @@ class DataStream(IterableDataset):
                 skipped.append((record.key, reason))
                 continue
             usable += 1
-            items.append((record, fields))
+            items.append((f"{unit}:{record.key}", record, fields))
             if len(items) == self.batch_size:
                 batch = _collate(items)
                 batch.update(skipped=skipped, slot=slot, logical_worker=logical, position=position)
                 yield batch
                 items, skipped = [], []
 
-    def _records(self, slot: int, n_slots: int) -> Iterator[tuple[dict, Record]]:
-        """This slot's records in stream order from its start position, each with the position after it."""
+    def _records(self, slot: int, n_slots: int) -> Iterator[tuple[dict, int, Record]]:
+        """This slot's records in stream order from its start position, each with the position after it and the
+        index of its unit in the source."""
         units = self.source.units
         start = self.start.get(slot, ORIGIN)
         for epoch in itertools.count(start["epoch"]):
@@ -133,7 +135,7 @@ class DataStream(IterableDataset):
                     read += 1
                     if k == first_unit and n <= drop:
                         continue  # consumed before the resume: dropped without decoding
-                    yield {"epoch": epoch, "unit": k, "offset": n}, record
+                    yield {"epoch": epoch, "unit": k, "offset": n}, order[place], record
             if read == 0 and first_unit == 0:
                 raise RuntimeError(
                     f"slot {slot} of {n_slots} has no record in {self.source.spec}: use fewer ranks × workers"
@@ -180,10 +182,12 @@ def _every_nth(records: Iterable[Record], running: Iterator[int], n: int, slot: 
             yield record
 
 
-def _collate(items: list[tuple[Record, dict[str, torch.Tensor]]]) -> dict:
-    names = items[0][1].keys()
-    if any(fields.keys() != names for _, fields in items):
-        raise ValueError(f"records of one batch hold different fields: {sorted({k for _, f in items for k in f})}")
-    batch = {name: torch.stack([fields[name] for _, fields in items]) for name in names}  # (b, ...)
-    batch.update(captions=[r.caption for r, _ in items], keys=[r.key for r, _ in items])
+def _collate(items: list[tuple[str, Record, dict[str, torch.Tensor]]]) -> dict:
+    names = items[0][2].keys()
+    if any(fields.keys() != names for *_, fields in items):
+        raise ValueError(f"records of one batch hold different fields: {sorted({k for *_, f in items for k in f})}")
+    batch = {name: torch.stack([fields[name] for *_, fields in items]) for name in names}  # (b, ...)
+    batch.update(
+        captions=[r.caption for _, r, _ in items], keys=[r.key for _, r, _ in items], records=[n for n, *_ in items]
+    )
     return batch

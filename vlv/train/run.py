@@ -66,7 +66,7 @@ class RunConfig:
     image_column: str = "image"  # parquet columns
     caption_column: str = "caption"
     preview: int = 4  # images in the sample grid written at each save (0: none)
-    # Stage 2 on a folder: while the encoder is frozen, each image's conditioning is computed once and kept on the
+    # Stage 2: while the encoder is frozen, each image's conditioning is computed once and kept on the
     # device, in at most this many GiB (`vlv.compositions.Captioner.conditions`); 0: computed at every step.
     conditioning_cache_gib: float = 1.0
     wandb: bool = False  # also log to Weights & Biases (when installed)
@@ -167,8 +167,9 @@ class Feed:
         out = {"images": batch["images"].to(device).float() / 255}  # (b, 3, S, S) in [0, 1]
         if self.phase.kind == "captioner":
             out["captions"] = batch["captions"]
-            if "records" in batch:  # indexed data names each image by its record: a key no other image shares
-                out["keys"] = batch["records"]
+            # each image named by its record (its index in a folder, its unit and key in a stream): no other image
+            # of the data shares the name, so a frozen encoder's conditioning is computed once per image
+            out["keys"] = batch["records"]
         else:
             out["seeds"] = batch["seeds"]
             if "moments" in batch:
