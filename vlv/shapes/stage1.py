@@ -78,7 +78,7 @@ def two_segments(
 
 # The committed encoder (`vlv shapes train-encoder` defaults) and the shorter stage 1 of `vlv demo --from-scratch`:
 # an encoder that sees the image from step 0 (`vlv.encoder.open_cross_attention`), 2 noisy copies per render at
-# stratified timesteps and the EMA (the cheapest recipe to 0.90 of `python -m bench --case stage1-efficiency`), 400
+# stratified timesteps and the EMA (the recipe of `python -m bench --case stage1-efficiency`, whose lr is 6e-4), 400
 # steps on renders, then 900 with 24 composition triples per step at lr 1e-3. With 800 + 1,400 steps at lr 5e-4 it
 # met the demo's bars too, at 1.6× the compute; with 12 triples per step the composition score stayed at 0.36.
 STAGE1_COMMITTED = two_segments(2000, 3500, 12)
