@@ -4,10 +4,9 @@
 
 from __future__ import annotations
 
-import torch
-
 from bench.harness import compare_rates, interleaved
 from vlv.model import VLV
+from vlv.shapes.evaluate import decode_in_batches
 from vlv.shapes.reader import AttributeReader, score
 from vlv.shapes.stage1 import renders
 from vlv.shapes.world import sample_scenes
@@ -32,9 +31,10 @@ def run(model: VLV, reader: AttributeReader, device: str = "cpu", *, images: int
     truth = reader.read(held)
 
     def agreement(options: dict) -> float:
-        batches = range(0, len(held), 100)
-        recon = [model.reconstruct(held[i : i + 100].to(device), seed=i, **options).cpu() for i in batches]
-        return score(reader.read(torch.cat(recon)), truth)["attribute_accuracy"]
+        recon = decode_in_batches(
+            lambda i, j: model.reconstruct(held[i:j].to(device), seed=i, **options).cpu(), len(held)
+        )
+        return score(reader.read(recon), truth)["attribute_accuracy"]
 
     result = compare_rates(times["ours"], times["official"], "images/s", work=(images, images))
     result.update(ours_agreement=agreement(OURS), baseline_agreement=agreement(OFFICIAL))

@@ -252,10 +252,8 @@ def test_stage_2_encodes_each_image_once_while_the_encoder_is_frozen(tmp_path, i
     afresh there, in the uninterrupted run too) ends with the uninterrupted run's weights, bit for bit. Parquet is
     streamed, in 3 row groups of 5, 5 and 2 images, and each row group's file has the same name (`train`): the images
     are told apart by their row group and row, not by the file's name."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from tests.conftest import reset_accelerate_state
+    from tests.data.test_readers import write_parquet
     from vlv.encoder import VLVEncoder
 
     data = images
@@ -264,9 +262,8 @@ def test_stage_2_encodes_each_image_once_while_the_encoder_is_frozen(tmp_path, i
         data = tmp_path / "parquet"
         for part, chunk in enumerate((files[:5], files[5:10], files[10:])):  # train.parquet in 3 folders, 1 group each
             (data / str(part)).mkdir(parents=True)
-            rows = {"image": [{"bytes": f.read_bytes(), "path": f.name} for f in chunk],
-                    "caption": [f.with_suffix(".txt").read_text() for f in chunk]}  # fmt: skip
-            pq.write_table(pa.table(rows), data / str(part) / "train.parquet")
+            samples = [(f.read_bytes(), f.with_suffix(".txt").read_text()) for f in chunk]
+            write_parquet(data / str(part) / "train.parquet", samples)
         data = f"{data}/*/train.parquet"
 
     init = tmp_path / "stage1"

@@ -27,10 +27,18 @@ def evaluate_captions(model: VLV, scenes: list[Scene], batch_size: int = 64) -> 
     return score(readings, [reading_of(s) for s in scenes]), captions
 
 
+DECODE_BATCH = 100  # images sampled by the teacher per call
+
+
+def decode_in_batches(decode, n: int) -> torch.Tensor:
+    """torch.cat of decode(i, j) over [i, j) batches of `DECODE_BATCH` covering range(n); each batch seeded by i."""
+    return torch.cat([decode(i, min(i + DECODE_BATCH, n)) for i in range(0, n, DECODE_BATCH)])
+
+
 def evaluate_reconstruction(model: VLV, reader: AttributeReader, scenes: list[Scene]) -> tuple[dict, torch.Tensor]:
     """Reconstruct each render; the reader's agreement between original and reconstruction, and shapes-FID."""
     images = renders(scenes)
-    recon = torch.cat([model.reconstruct(images[i : i + 100], seed=i) for i in range(0, len(scenes), 100)])
+    recon = decode_in_batches(lambda i, j: model.reconstruct(images[i:j], seed=i), len(scenes))
     agreement = score(reader.read(recon), reader.read(images))
     with torch.no_grad():
         fid = frechet_distance(reader.features(recon).numpy(), reader.features(images).numpy())
@@ -39,11 +47,10 @@ def evaluate_reconstruction(model: VLV, reader: AttributeReader, scenes: list[Sc
 
 def evaluate_teacher(model: VLV, reader: AttributeReader, scenes: list[Scene]) -> tuple[dict, torch.Tensor]:
     """Teacher samples for held-out captions, read back: is the frozen teacher any good?"""
-    samples = []
-    for i in range(0, len(scenes), 100):
-        c = model.conditioner.encode_prompts([s.caption for s in scenes[i : i + 100]])
-        samples.append(model.sample(c, seed=i))
-    samples = torch.cat(samples)
+    captions = [s.caption for s in scenes]
+    samples = decode_in_batches(
+        lambda i, j: model.sample(model.conditioner.encode_prompts(captions[i:j]), seed=i), len(scenes)
+    )
     return score(reader.read(samples), [reading_of(s) for s in scenes]), samples
 
 
@@ -62,9 +69,8 @@ def evaluate_composition(model: VLV, reader: AttributeReader, n: int, seed: int)
             s for s in singles[rng.integers(len(singles)) :] + singles if s.objects[0].position != a.objects[0].position
         )
         pairs.append((a, b))
-    sources = torch.stack([renders([a, b]) for a, b in pairs])  # (n, 2, 3, S, S)
-    # Decoded 100 compositions at a time, as `evaluate_reconstruction` does its images.
-    composed = torch.cat([model.compose(sources[i : i + 100], seed=i) for i in range(0, n, 100)])
+    sources = renders([s for pair in pairs for s in pair]).unflatten(0, (n, 2))  # (n, 2, 3, S, S)
+    composed = decode_in_batches(lambda i, j: model.compose(sources[i:j], seed=i), n)
     readings = reader.read(composed)
     present = np.array(
         [[reading[s.objects[0].position] == s.objects[0] for s in pair] for pair, reading in zip(pairs, readings)]
@@ -130,7 +136,7 @@ def evaluate_suite(
                 **{k: metrics[k] for k in ("BLEU-4", "CIDEr", "ROUGE-L", "METEOR")},
                 "exact": parsed["exact"],
             }
-        samples = torch.cat([text_to_image(captions[i : i + 100], i) for i in range(0, len(captions), 100)])
+        samples = decode_in_batches(lambda i, j, captions=captions: text_to_image(captions[i:j], i), len(captions))
         results["caption_to_image"][name] = {
             "shapes_fid": frechet(network, samples, images),
             "agreement_with_scene": score(reader.read(samples), truth)["attribute_accuracy"],
