@@ -8,21 +8,30 @@
 
 Every part not in `weights` is built from its `source` (hub id or path; relative paths are relative to the
 checkpoint directory), or from the seed when it has none. Reading is strict: a missing, unexpected or mis-shaped key
-is an error naming the keys. Only safetensors are read; no pickles, no remote code.
+is an error naming the keys. Only safetensors are read; no pickles, no remote code. `VLV.save_pretrained` writes
+through `save`, `VLV.from_pretrained` checks through `check_weights` before anything is built.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vlv import encoder
 from vlv.config import VLVConfig
-from vlv.loading import untie
+from vlv.loading import CheckpointMismatchError, check_state_dict, untie
+from vlv.parts import PARTS, STAGE1, STAGE1_SUBPARTS, TRAINABLE, subpart_state, subparts_of, tied_aliases
+
+if TYPE_CHECKING:
+    from vlv.model import VLV
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -98,3 +107,82 @@ def pipeline_index(conditioner, decoder) -> dict:
         "image_encoder": [None, None],
         "requires_safety_checker": False,
     }
+
+
+# ----- a model's checkpoint ------------------------------------------------------------------------------------
+
+
+def save(model: VLV, out: Path, *, training: dict | None = None) -> None:
+    """`VLV.save_pretrained`: config.json with every source made absolute, model.safetensors with the sub-parts
+    `model.stored_parts()` names (and the stage-1 copy's that differ), the tokenizer, the teacher when it has no
+    other source, and `training` as training.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    config, loaded_from = model.config, model.directory
+    for section in ("encoder", "teacher", "captioner"):  # paths relative to the old directory become absolute
+        source = model.resolved_source(section)
+        config = dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), source=source)})
+    teacher = config.teacher.source
+    if teacher is None or (loaded_from is not None and Path(teacher) == (loaded_from / TEACHER_DIR).resolve()):
+        # A teacher with no other source travels inside the checkpoint, in the diffusers layout.
+        model.conditioner.save_pretrained(str(out / TEACHER_DIR))
+        model.decoder.save_pretrained(str(out / TEACHER_DIR))
+        if model.decoder.vae is not None:  # a latent teacher is a Stable Diffusion pipeline: say so to diffusers
+            write_json(out / TEACHER_DIR / "model_index.json", pipeline_index(model.conditioner, model.decoder))
+        config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, source=TEACHER_DIR))
+    if "caption_decoder" in model.parts:
+        model.caption_decoder.tokenizer.save_pretrained(out / TOKENIZER_DIR)
+    elif loaded_from is not None and (loaded_from / TOKENIZER_DIR).is_dir():
+        if out.resolve() != loaded_from.resolve():  # (saving over its own checkpoint: already there)
+            shutil.copytree(loaded_from / TOKENIZER_DIR, out / TOKENIZER_DIR, dirs_exist_ok=True)
+    stage1_names, state = _stage1_state(model)
+    stored = model.stored_parts() + stage1_names
+    for part in PARTS:
+        subs = subparts_of(part, stored)
+        if not subs:
+            continue
+        if part in model.parts:
+            tensors = subpart_state(model.parts[part], subs)
+        else:  # stored by the checkpoint this model came from and never built here: copy them over
+            tensors = read_tensors(loaded_from, part + ".")
+        state.update({f"{part}.{k}": v for k, v in tensors.items()})
+    write_weights(out, state)
+    write_json(out / CONFIG_NAME, dataclasses.replace(config, weights=tuple(stored)).to_json())
+    if training is not None:
+        write_json(out / TRAINING_NAME, training)
+
+
+def _stage1_state(model: VLV) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """What a save holds of the model's stage-1 copy: the names (in `STAGE1_SUBPARTS`) of its sub-parts that differ
+    from the encoder's, and their tensors (keys under `STAGE1.`)."""
+    stored = [s for s in model.config.weights if s in STAGE1_SUBPARTS]
+    if model.stage1_encoder is None and stored and "encoder" not in model.parts:  # never built: copy it over
+        tensors = read_tensors(model.directory, STAGE1 + ".")
+        return stored, {f"{STAGE1}.{k}": v for k, v in tensors.items()}
+    kept = model.reconstruction_encoder()
+    names, state = [], {}
+    if kept is model.encoder:
+        return names, state
+    for sub in encoder.SUBPARTS:
+        mine, theirs = subpart_state(kept, [f"encoder.{sub}"]), subpart_state(model.encoder, [f"encoder.{sub}"])
+        if any(not torch.equal(mine[k], theirs[k]) for k in mine):
+            names.append(f"{STAGE1}.{sub}")
+            state.update({f"{STAGE1}.{k}": v for k, v in mine.items()})
+    return names, state
+
+
+def check_weights(config: VLVConfig, directory: Path, probe: VLV) -> None:
+    """Compare the weights file with the parts `config` lists, strictly (names and shapes). probe: a model of
+    `config` on the meta device, whose parts give the expected shapes without allocating anything."""
+    unknown = set(config.weights) - set(TRAINABLE) - set(STAGE1_SUBPARTS)
+    if unknown:
+        raise CheckpointMismatchError(f"{directory}: config lists unknown parts {sorted(unknown)}")
+    expected, aliases = {}, set()
+    for part in (*PARTS, STAGE1):
+        subs = subparts_of(part, config.weights)
+        if subs:
+            module = probe.part("encoder" if part == STAGE1 else part)  # the stage-1 copy has the encoder's shape
+            subs = [f"encoder.{s.split('.', 1)[1]}" for s in subs] if part == STAGE1 else subs
+            expected.update({f"{part}.{k}": v for k, v in subpart_state(module, subs).items()})
+            aliases |= {f"{part}.{k}" for k in tied_aliases(module)}
+    found = {k: torch.empty(shape, device="meta") for k, shape in weight_shapes(directory).items() if k not in aliases}
+    check_state_dict(expected, found, str(directory / WEIGHTS_NAME))

@@ -29,7 +29,6 @@ import contextlib
 import copy
 import dataclasses
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from vlv.conditioning import TextConditioner, build_text_conditioner
 from vlv.config import VLVConfig, derive_seed
 from vlv.diffusion import DiffusionDecoder, build_diffusion_decoder
 from vlv.images import ImageInput, to_batch
-from vlv.loading import CheckpointMismatchError, SourceUnavailableError, check_state_dict, source_unavailable
+from vlv.loading import SourceUnavailableError, check_state_dict, source_unavailable
 from vlv.parts import (
     PARTS,
     SOURCED,
@@ -84,6 +83,11 @@ class VLV(nn.Module):
     @property
     def device(self) -> torch.device:
         return self._anchor.device
+
+    @property
+    def directory(self) -> Path | None:
+        """The checkpoint directory this model was loaded from (None for a preset)."""
+        return self._directory
 
     # ----- parts, built on demand ----------------------------------------------------------------------------
 
@@ -278,24 +282,6 @@ class VLV(nn.Module):
             self.stage1_encoder = copied
         return self.stage1_encoder if self.stage1_encoder is not None else self.encoder
 
-    def _stage1_state(self) -> tuple[list[str], dict[str, torch.Tensor]]:
-        """What a save holds of the stage-1 copy: the names (in `STAGE1_SUBPARTS`) of its sub-parts that differ from
-        the encoder's, and their tensors (keys under `STAGE1.`)."""
-        stored = [s for s in self.config.weights if s in STAGE1_SUBPARTS]
-        if self.stage1_encoder is None and stored and "encoder" not in self.parts:  # never built: copy it over
-            tensors = checkpoint.read_tensors(self._directory, STAGE1 + ".")
-            return stored, {f"{STAGE1}.{k}": v for k, v in tensors.items()}
-        kept = self.reconstruction_encoder()
-        names, state = [], {}
-        if kept is self.encoder:
-            return names, state
-        for sub in encoder.SUBPARTS:
-            mine, theirs = subpart_state(kept, [f"encoder.{sub}"]), subpart_state(self.encoder, [f"encoder.{sub}"])
-            if any(not torch.equal(mine[k], theirs[k]) for k in mine):
-                names.append(f"{STAGE1}.{sub}")
-                state.update({f"{STAGE1}.{k}": v for k, v in mine.items()})
-        return names, state
-
     def merge_lora(self) -> None:
         """Fold the LLM's LoRA adapters into its weights (W ← W + (alpha / rank)·B·A) and drop them: the LLM is a
         plain Qwen2ForCausalLM again, and is saved as a trained part from now on."""
@@ -460,50 +446,8 @@ class VLV(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, *, training: dict | None = None) -> None:
         """Write config.json + model.safetensors (+ tokenizer/, teacher/ when it has no other source) to
-        `directory`; `training` (recipe, log) is written beside them as training.json."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        config = self.config
-        for section in ("encoder", "teacher", "captioner"):  # paths relative to the old directory become absolute
-            source = self.resolved_source(section)
-            config = dataclasses.replace(
-                config, **{section: dataclasses.replace(getattr(config, section), source=source)}
-            )
-        teacher = config.teacher.source
-        if teacher is None or (
-            self._directory is not None and Path(teacher) == (self._directory / "teacher").resolve()
-        ):
-            # A teacher with no other source travels inside the checkpoint, in the diffusers layout.
-            self.conditioner.save_pretrained(str(out / checkpoint.TEACHER_DIR))
-            self.decoder.save_pretrained(str(out / checkpoint.TEACHER_DIR))
-            if self.decoder.vae is not None:  # a latent teacher is a Stable Diffusion pipeline: say so to diffusers
-                index = checkpoint.pipeline_index(self.conditioner, self.decoder)
-                checkpoint.write_json(out / checkpoint.TEACHER_DIR / "model_index.json", index)
-            config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, source="teacher"))
-        if "caption_decoder" in self.parts:
-            self.caption_decoder.tokenizer.save_pretrained(out / checkpoint.TOKENIZER_DIR)
-        elif self._directory is not None and (self._directory / checkpoint.TOKENIZER_DIR).is_dir():
-            if out.resolve() != self._directory.resolve():  # (saving over its own checkpoint: already there)
-                shutil.copytree(
-                    self._directory / checkpoint.TOKENIZER_DIR, out / checkpoint.TOKENIZER_DIR, dirs_exist_ok=True
-                )
-        stage1_names, state = self._stage1_state()
-        stored = self.stored_parts() + stage1_names
-        for part in PARTS:
-            subs = subparts_of(part, stored)
-            if not subs:
-                continue
-            if part in self.parts:
-                tensors = subpart_state(self.parts[part], subs)
-            else:  # stored by the checkpoint this model came from and never built here: copy them over
-                tensors = checkpoint.read_tensors(self._directory, part + ".")
-            state.update({f"{part}.{k}": v for k, v in tensors.items()})
-        checkpoint.write_weights(out, state)
-        checkpoint.write_json(
-            out / checkpoint.CONFIG_NAME, dataclasses.replace(config, weights=tuple(stored)).to_json()
-        )
-        if training is not None:
-            checkpoint.write_json(out / checkpoint.TRAINING_NAME, training)
+        `directory`; `training` (recipe, log) is written beside them as training.json (`vlv.checkpoint.save`)."""
+        checkpoint.save(self, Path(directory), training=training)
 
     @classmethod
     def from_pretrained(
@@ -526,33 +470,15 @@ class VLV(nn.Module):
         config = with_sources(checkpoint.read_config(d), florence=florence, teacher=teacher, llm=llm)
         if seed is not None:
             config = dataclasses.replace(config, seed=seed)
-        _check_weights(config, d)
+        with torch.device("meta"):  # nothing is allocated
+            probe = cls(config, pretrained=False)
+        checkpoint.check_weights(config, d, probe)
         return cls(config, _directory=d)
 
 
 def _options(defaults, overrides: dict):
     """The default options with the overrides that are not None."""
     return dataclasses.replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def _check_weights(config: VLVConfig, directory: Path) -> None:
-    """Compare the weights file with the parts its config lists, on the meta device (nothing is allocated)."""
-    unknown = set(config.weights) - set(TRAINABLE) - set(STAGE1_SUBPARTS)
-    if unknown:
-        raise CheckpointMismatchError(f"{directory}: config lists unknown parts {sorted(unknown)}")
-    found = checkpoint.weight_shapes(directory)
-    with torch.device("meta"):
-        probe = VLV(config, pretrained=False)
-        expected, aliases = {}, set()
-        for part in (*PARTS, STAGE1):
-            subs = subparts_of(part, config.weights)
-            if subs:
-                module = probe.part("encoder" if part == STAGE1 else part)  # the stage-1 copy has the encoder's shape
-                subs = [f"encoder.{s.split('.', 1)[1]}" for s in subs] if part == STAGE1 else subs
-                expected.update({f"{part}.{k}": v for k, v in subpart_state(module, subs).items()})
-                aliases |= {f"{part}.{k}" for k in tied_aliases(module)}
-    fake = {k: torch.empty(shape, device="meta") for k, shape in found.items() if k not in aliases}
-    check_state_dict(expected, fake, str(directory / checkpoint.WEIGHTS_NAME))
 
 
 def load(
