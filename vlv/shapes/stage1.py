@@ -79,10 +79,11 @@ def two_segments(
 # The committed encoder (`vlv shapes train-encoder` defaults) and the shorter stage 1 of `vlv demo --from-scratch`:
 # an encoder that sees the image from step 0 (`vlv.encoder.open_cross_attention`), 2 noisy copies per render at
 # stratified timesteps and the EMA (the recipe of `python -m bench --case stage1-efficiency`, whose lr is 6e-4), 400
-# steps on renders, then 900 with 24 composition triples per step at lr 1e-3. With 800 + 1,400 steps at lr 5e-4 it
-# met the demo's bars too, at 1.6× the compute; with 12 triples per step the composition score stayed at 0.36.
+# steps on renders, then 650 with 24 composition triples per step at lr 1e-3 (composition 0.73: the bar is 0.70). With
+# 900 composition steps: composition 0.87, 380 s more; with 300 + 380 steps (renders at lr 6e-4) every bar was missed
+# (caption exact 0.75, reconstruction 0.75, composition 0.18); with 12 triples per step composition stayed at 0.36.
 STAGE1_COMMITTED = two_segments(2000, 3500, 12)
-STAGE1_FROM_SCRATCH = two_segments(400, 900, 24, compose_lr=1e-3, fast=True, noises=2)
+STAGE1_FROM_SCRATCH = two_segments(400, 650, 24, compose_lr=1e-3, fast=True, noises=2)
 
 
 def renders(scenes: list[Scene], size: int = 16) -> torch.Tensor:
