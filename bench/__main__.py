@@ -48,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/bench/stage1_efficiency",
                    help="stage1-efficiency: where its runs keep their state (a stopped case continues)")  # fmt: skip
     p.add_argument("--runs", nargs="*", default=None,
-                   help="stage1-efficiency: measure these runs only (demo, ours, open_init_only, ours_4_noises, "
-                        "ours_1_noise, paper_lr0.0001, paper_lr0.0003, paper_lr0.001)")  # fmt: skip
+                   help="stage1-efficiency: measure these runs only (demo, ours, open_init_only, former_ours, "
+                        "former_ours_ema0.95, ours_ema0.99, ours_lr1e-3, ours_4_noises, ours_1_noise, "
+                        "paper_lr0.0001, paper_lr0.0003, paper_lr0.001)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0,
+                   help="stage1-efficiency: the seed of every run's init, renders and noise")  # fmt: skip
     p.add_argument("--stop-after", type=int, default=None,
                    help="stage1-efficiency: leave each run at this step (a later call continues it)")  # fmt: skip
     args = p.parse_args(argv)
@@ -97,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         from bench import stage1_efficiency
 
         results.update(
-            stage1_efficiency.run_case(Path(args.work), device=args.device, names=args.runs, stop_after=args.stop_after)
+            stage1_efficiency.run_case(
+                Path(args.work), device=args.device, names=args.runs, stop_after=args.stop_after, seed=args.seed
+            )
         )
     results["seconds"] = time.perf_counter() - start
     text = json.dumps(results, indent=2)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from bench import harness
-from bench.stage1_efficiency import Run, against, measure
+from bench.stage1_efficiency import PAPER_BUDGET, Run, against, demo_run, measure, measure_step_flops, paper_runs
 from vlv.shapes import preset
 from vlv.train.loop import OptimConfig
 from vlv.train.recipes import AutoencoderRecipe
@@ -77,3 +77,10 @@ def test_the_efficiency_ratio_is_exact_when_the_best_baseline_reached_and_a_boun
     # one that fell short after more compute than the best run needed changes nothing
     assert "bound" not in against(ours, [reached, {"reached": False, "flops": 50.0}])
     assert against({"reached": False, "flops": 99.0}, [reached])["ratio"] is None
+
+
+def test_the_papers_runs_get_at_least_four_times_the_former_demo_recipes_counted_compute():
+    demo, paper = demo_run(), paper_runs(PAPER_BUDGET)[0]
+    assert paper.budget == PAPER_BUDGET
+    demo_compute = demo.budget * measure_step_flops(demo)
+    assert 4 * demo_compute <= PAPER_BUDGET * measure_step_flops(paper) < 4.1 * demo_compute

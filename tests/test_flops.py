@@ -49,3 +49,28 @@ def test_counting_leaves_no_gradient_and_no_rng_trace():
     assert torch.equal(after, torch.rand(3))
     assert all(p.grad is None for p in module.parameters())
     assert training_flops([(10, 5), (3, 7)]) == 71
+
+
+class Attention(nn.Module):
+    def __init__(self, fused: bool):
+        super().__init__()
+        self.fused = fused
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        q, k, v = batch["q"], batch["k"], batch["v"]
+        if self.fused:
+            out = nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            out = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1) @ v
+        return out.square().mean()
+
+
+def test_attention_on_the_cpu_counts_as_the_gpus_fused_kernels_do():
+    # torch's counter knows only the GPU's fused attention: the CPU's would count as 0 FLOPs
+    B, H, L, S, D = 2, 4, 77, 50, 32
+    batch = {name: torch.randn(B, H, n, D, requires_grad=True) for name, n in (("q", L), ("k", S), ("v", S))}
+    forward = 2 * (2 * B * H * L * S * D)  # scores and the weighted sum
+    # the fused backward recomputes the scores: 5 products of the forward's size in all (torch's formula for the
+    # GPU's kernels), against 4 for the unfused products
+    assert step_flops(Attention(fused=True), batch) == forward + 5 * forward // 2
+    assert step_flops(Attention(fused=False), batch) == forward + 2 * forward

@@ -86,6 +86,15 @@ def test_the_last_line_states_how_many_inputs_were_skipped(tmp_path, images, cap
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("skipped 0 unreadable inputs")
 
 
+def test_the_stage_one_sampling_flags_reach_the_run(tmp_path, images):
+    out = tmp_path / "run"
+    flags = ["--noises-per-image", "2", "--timesteps", "stratified", "--timestep-logit-normal", "-0.5", "1"]
+    assert main(train_args(out, images, *flags, steps=2)) == 0
+    phase = json.loads((out / "run.json").read_text())["phases"][0]
+    assert (phase["noises_per_image"], phase["timesteps"]) == (2, "stratified")
+    assert phase["timestep_logit_normal"] == [-0.5, 1.0]
+
+
 def test_a_run_killed_hard_after_a_checkpoint_resumes_to_the_same_weights_bit_for_bit(tmp_path, images, uninterrupted):
     out = tmp_path / "killed"
     run = subprocess.Popen([BIN / "vlv", *train_args(out, images)], env=ENV, stdout=subprocess.DEVNULL,

@@ -294,8 +294,36 @@ def test_stratified_timesteps_cover_one_stratum_each_and_stay_uniform():
         Autoencoder(None, None, None, timesteps="lognormal")
 
 
+def _logit_normal_stratum(t: torch.Tensor, T: int, K: int, mean: float, std: float) -> torch.Tensor:
+    """Which of K equal-probability strata of the logit-normal density each t (at its bin's centre) falls in."""
+    x = (t.double() + 0.5) / T
+    return (K * torch.special.ndtr((torch.logit(x) - mean) / std)).long()
+
+
+def test_logit_normal_timesteps_follow_their_density_and_keep_the_strata():
+    K, T, images, mean, std = 4, 1000, 20_000, -0.5, 1.0
+    for how in ("uniform", "stratified"):
+        t = draw_timesteps(images, K, T, how, torch.Generator().manual_seed(0), logit_normal=(mean, std))
+        assert t.min() >= 0 and t.max() < T
+        t = t.view(images, K)
+        # each copy alone follows the density: P(t < T/2) = Φ(−mean / std) = 0.691, the median at T·sigmoid(mean)
+        below = (t[:, 1] < T // 2).float().mean().item()
+        assert abs(below - 0.6915) < 0.01, how
+        assert abs(t[:, 1].float().median().item() / T - torch.sigmoid(torch.tensor(mean)).item()) < 0.01, how
+    # stratified: an image's K copies fall in K distinct equal-probability strata of the density (one each; a copy
+    # drawn right at a stratum's edge may round across it)
+    strata = torch.sort(_logit_normal_stratum(t, T, K, mean, std), dim=1).values
+    assert (strata == torch.arange(K)).all(dim=1).float().mean() > 0.99
+    # the uniform density is the paper's draw, unchanged
+    plain = draw_timesteps(images, K, T, "uniform", torch.Generator().manual_seed(0))
+    assert torch.equal(plain, torch.randint(0, T, (images * K,), generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="positive std"):
+        Autoencoder(None, None, None, timestep_logit_normal=(0.0, 0.0))
+
+
 @pytest.mark.parametrize("seeded", [False, True])
-def test_stratified_stage_one_draws_spread_timesteps(tiny_config, images, seeded, monkeypatch):
+@pytest.mark.parametrize("density", [None, (-0.5, 1.0)])
+def test_stratified_stage_one_draws_spread_timesteps(tiny_config, images, seeded, density, monkeypatch):
     model = VLV(tiny_config)
     seen = []
     loss = model.decoder.denoising_loss
@@ -307,10 +335,11 @@ def test_stratified_stage_one_draws_spread_timesteps(tiny_config, images, seeded
     monkeypatch.setattr(model.decoder, "denoising_loss", spy)
     batch = {"images": images, "seeds": torch.tensor([3, 4])} if seeded else {"images": images}
     torch.manual_seed(0)
-    model.autoencoder(noises_per_image=4, timesteps="stratified")(batch)
+    model.autoencoder(noises_per_image=4, timesteps="stratified", timestep_logit_normal=density)(batch)
     T = model.decoder.scheduler.config.num_train_timesteps
     per_image = seen[0].view(2, 4)
-    assert torch.equal(torch.sort(per_image // (T // 4), dim=1).values, torch.arange(4).expand(2, 4))
+    strata = per_image // (T // 4) if density is None else _logit_normal_stratum(per_image, T, 4, *density)
+    assert torch.equal(torch.sort(strata, dim=1).values, torch.arange(4).expand(2, 4))
 
 
 def test_with_an_ema_stage_one_returns_the_ema_and_probes_see_it(tiny_config, images):

@@ -18,6 +18,8 @@ not run — and `sources` (P, 2, 3, H, W) with `composites` (P, 3, H, W) for the
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -52,14 +54,31 @@ TIMESTEPS = ("uniform", "stratified")
 
 
 def draw_timesteps(
-    images: int, K: int, T: int, how: str, generator: torch.Generator | None = None, device=None
+    images: int,
+    K: int,
+    T: int,
+    how: str,
+    generator: torch.Generator | None = None,
+    device=None,
+    logit_normal: tuple[float, float] | None = None,
 ) -> torch.Tensor:
-    """(images · K,) timesteps, image-major (the K copies of image b at b·K … b·K + K − 1)."""
-    if how == "uniform":
+    """(images · K,) timesteps, image-major (the K copies of image b at b·K … b·K + K − 1).
+
+    logit_normal: (mean, std) — t/T is drawn from a logit-normal density instead of a uniform one: each uniform draw u
+    (independent or stratified, as `how` says) becomes sigmoid(mean + std · Φ⁻¹(u)), so stratified copies still
+    cover K equal-probability strata. A negative mean puts more of the draws at low noise."""
+    if how == "uniform" and logit_normal is None:
         return torch.randint(0, T, (images * K,), generator=generator, device=device)
-    u = torch.rand(images, 1, generator=generator, device=device)
-    offsets = torch.arange(K, device=device) / K
-    return (((u + offsets) % 1.0) * T).long().clamp_(max=T - 1).flatten()
+    if how == "uniform":
+        u = torch.rand(images * K, generator=generator, device=device)
+    else:
+        u = torch.rand(images, 1, generator=generator, device=device)
+        u = (u + torch.arange(K, device=device) / K) % 1.0
+    if logit_normal is not None:
+        mean, std = logit_normal
+        u = u.clamp(1e-6, 1 - 1e-6)
+        u = torch.sigmoid(mean + std * math.sqrt(2.0) * torch.erfinv(2 * u - 1))
+    return (u * T).long().clamp_(0, T - 1).flatten()
 
 
 class Autoencoder(nn.Module):
@@ -73,15 +92,21 @@ class Autoencoder(nn.Module):
         *,
         noises_per_image: int = 1,
         timesteps: str = "uniform",
+        timestep_logit_normal: tuple[float, float] | None = None,
     ):
+        """timesteps, timestep_logit_normal: how the K copies spread their t, and its density (uniform by default,
+        as in the paper; see `draw_timesteps`)."""
         super().__init__()
         if timesteps not in TIMESTEPS:
             raise ValueError(f"unknown timestep sampling '{timesteps}'; choose one of {TIMESTEPS}")
+        if timestep_logit_normal is not None and not timestep_logit_normal[1] > 0:
+            raise ValueError(f"the logit-normal timestep density needs a positive std, got {timestep_logit_normal}")
         self.encoder, self.conditioner, self.decoder = encoder, conditioner, decoder
         # K noisy copies (own noise and timestep) of each image share one encoder pass, so each encoder step sees
         # K samples of the teacher's signal (the paper: K = 1).
         self.noises_per_image = noises_per_image
         self.timesteps = timesteps
+        self.timestep_logit_normal = None if timestep_logit_normal is None else tuple(timestep_logit_normal)
 
     def forward(self, batch: dict) -> torch.Tensor:
         if "seeds" in batch or "moments" in batch:
@@ -106,7 +131,7 @@ class Autoencoder(nn.Module):
         for seed in batch["seeds"].tolist():
             g = torch.Generator().manual_seed(int(seed))  # drawn on the CPU: the same numbers on every device
             vae_noise.append(torch.randn(shape, generator=g))
-            t.append(draw_timesteps(1, K, T, self.timesteps, g))
+            t.append(draw_timesteps(1, K, T, self.timesteps, g, logit_normal=self.timestep_logit_normal))
             noise += [torch.randn(shape, generator=g) for _ in range(K)]
         device = images.device
         if moments is not None:
@@ -136,10 +161,12 @@ class Autoencoder(nn.Module):
         c = self.conditioner(z)  # gradients reach the encoder through c
         K = self.noises_per_image
         latents, c = latents.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (·K, ...)
-        if self.timesteps == "uniform":
+        if self.timesteps == "uniform" and self.timestep_logit_normal is None:
             return self.decoder.denoising_loss(latents, c)  # t drawn there: the paper's recipe, as before
         T = self.decoder.scheduler.config.num_train_timesteps
-        t = draw_timesteps(latents.shape[0] // K, K, T, self.timesteps, device=latents.device)
+        t = draw_timesteps(
+            latents.shape[0] // K, K, T, self.timesteps, device=latents.device, logit_normal=self.timestep_logit_normal
+        )
         return self.decoder.denoising_loss(latents, c, t=t)
 
 

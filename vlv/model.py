@@ -297,11 +297,10 @@ class VLV(nn.Module):
                 if not param.requires_grad and not (prefixes and key.startswith(prefixes)):
                     param.data = param.data.to(dtype)
 
-    def autoencoder(self, *, noises_per_image: int = 1, timesteps: str = "uniform") -> Autoencoder:
-        """The stage-1 composition over this model's parts (encoder, conditioner, decoder); see `Autoencoder`."""
-        return Autoencoder(
-            self.encoder, self.conditioner, self.decoder, noises_per_image=noises_per_image, timesteps=timesteps
-        )
+    def autoencoder(self, **sampling) -> Autoencoder:
+        """The stage-1 composition over this model's parts (encoder, conditioner, decoder); `sampling`
+        (noises_per_image, timesteps, timestep_logit_normal) as `Autoencoder` takes it."""
+        return Autoencoder(self.encoder, self.conditioner, self.decoder, **sampling)
 
     def captioner(self, *, denoising_weight: float = 0.0, cache_bytes: int = CONDITIONING_CACHE_BYTES) -> Captioner:
         """The stage-2 composition over this model's parts (encoder, conditioner, caption decoder); with a

@@ -34,6 +34,9 @@ def add_commands(sub) -> None:
     a.add_argument("--noises-per-image", type=int, default=None, help="noisy copies of each image per encoder pass")
     a.add_argument("--timesteps", choices=TIMESTEPS, default=None,
                    help="how each image's noisy copies draw t: uniform (the paper) or stratified")  # fmt: skip
+    a.add_argument("--timestep-logit-normal", type=float, nargs=2, default=None, metavar=("MEAN", "STD"),
+                   help="draw t/T from a logit-normal density (e.g. -0.5 1: more low-noise draws) instead of a "
+                        "uniform one")  # fmt: skip
     a.add_argument("--steps", type=int, default=None, help="optimizer steps")
     a.set_defaults(func=run_autoencoder)
     c = stages.add_parser("captioner", parents=[common], help="stage 2: ψ + LLM (+ BART) on image-caption pairs")
@@ -176,6 +179,7 @@ def run_autoencoder(args) -> int:
         "autoencoder", "autoencoder", tuple(recipe.trainable), _optim(recipe.optim, args, steps=steps, seed=seed),
         args.batch_size or recipe.batch_size, args.noises_per_image or recipe.noises_per_image,
         args.timesteps or recipe.timesteps,
+        tuple(args.timestep_logit_normal) if args.timestep_logit_normal else recipe.timestep_logit_normal,
     )  # fmt: skip
     return _launch(args, acc, model, [phase])
 

@@ -174,7 +174,11 @@ def recipe_of(record: dict) -> Stage1Recipe:
         optim = OptimConfig(**{**d["optim"], "betas": tuple(d["optim"]["betas"])})
         # records written before `timesteps` existed trained with uniform timesteps
         timesteps = d.get("timesteps", "uniform")
-        return AutoencoderRecipe(optim, d["batch_size"], tuple(d["trainable"]), d["noises_per_image"], timesteps)
+        density = d.get("timestep_logit_normal")
+        density = tuple(density) if density is not None else None
+        return AutoencoderRecipe(
+            optim, d["batch_size"], tuple(d["trainable"]), d["noises_per_image"], timesteps, density
+        )
 
     r = record["recipe"]
     return Stage1Recipe(seg(r["plain"]), seg(r["compose"]), r["composition_pairs"], r["seed"])

@@ -44,6 +44,7 @@ class AutoencoderRecipe:
     trainable: tuple[str, ...] = STAGE1_PARTS
     noises_per_image: int = 1  # K noisy copies of each image per encoder pass
     timesteps: str = "uniform"  # how the K copies draw t: "uniform" (the paper) or "stratified" (see `Autoencoder`)
+    timestep_logit_normal: tuple[float, float] | None = None  # (mean, std) of logit(t/T); None: t uniform (the paper)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,11 @@ def recipe_dict(recipe) -> dict:
 
 def autoencoder_of(model: VLV, recipe: AutoencoderRecipe):
     """The stage-1 composition `recipe` trains (its noisy copies per image and their timesteps)."""
-    return model.autoencoder(noises_per_image=recipe.noises_per_image, timesteps=recipe.timesteps)
+    return model.autoencoder(
+        noises_per_image=recipe.noises_per_image,
+        timesteps=recipe.timesteps,
+        timestep_logit_normal=recipe.timestep_logit_normal,
+    )
 
 
 def train_autoencoder(

@@ -83,12 +83,17 @@ class PhaseSpec:
     batch_size: int  # global batch: images per optimizer step over all processes
     noises_per_image: int = 1
     timesteps: str = "uniform"  # stage 1: how each image's noisy copies draw t (`vlv.compositions.TIMESTEPS`)
+    timestep_logit_normal: tuple[float, float] | None = None  # stage 1: (mean, std) of logit(t/T); None: uniform
     lora: LoraSettings | None = None  # train the LLM (when in `trainable`) through LoRA adapters; None: fully
 
 
 def _composition(model: VLV, phase: PhaseSpec, run: RunConfig):
     if phase.kind == "autoencoder":
-        return model.autoencoder(noises_per_image=phase.noises_per_image, timesteps=phase.timesteps)
+        return model.autoencoder(
+            noises_per_image=phase.noises_per_image,
+            timesteps=phase.timesteps,
+            timestep_logit_normal=phase.timestep_logit_normal,
+        )
     return model.captioner(cache_bytes=int(run.conditioning_cache_gib * 2**30))
 
 
