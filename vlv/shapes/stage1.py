@@ -78,7 +78,7 @@ def two_segments(
 
 # The committed encoder (`vlv shapes train-encoder` defaults) and the shorter stage 1 of `vlv demo --from-scratch`:
 # an encoder that sees the image from step 0 (`vlv.encoder.open_cross_attention`), 2 noisy copies per render at
-# stratified timesteps and the EMA (the recipe of `python -m bench --case stage1-efficiency`, whose lr is 6e-4), 400
+# stratified timesteps and the EMA (the bench's `former_ours`, whose lr is 6e-4), 400
 # steps on renders, then 650 with 24 composition triples per step at lr 1e-3 (composition 0.73: the bar is 0.70). With
 # 900 composition steps: composition 0.87, 380 s more; with 300 + 380 steps (renders at lr 6e-4) every bar was missed
 # (caption exact 0.75, reconstruction 0.75, composition 0.18); with 12 triples per step composition stayed at 0.36.
