@@ -81,15 +81,13 @@ def test_a_run_writes_checkpoints_the_release_artifact_and_what_it_skipped(unint
     assert resolved["phases"][0]["optim"]["steps"] == 6 and resolved["model"]["name"] == "tiny"
 
 
-def test_the_last_line_states_how_many_inputs_were_skipped(tmp_path, images, capsys):
-    assert main(train_args(tmp_path / "run", images, steps=2)) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("skipped 0 unreadable inputs")
-
-
-def test_the_stage_one_sampling_flags_reach_the_run(tmp_path, images):
+def test_the_last_line_states_how_many_inputs_were_skipped_and_the_sampling_flags_reach_the_run(
+    tmp_path, images, capsys
+):
     out = tmp_path / "run"
     flags = ["--noises-per-image", "2", "--timesteps", "stratified", "--timestep-logit-normal", "-0.5", "1"]
     assert main(train_args(out, images, *flags, steps=2)) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("skipped 0 unreadable inputs")
     phase = json.loads((out / "run.json").read_text())["phases"][0]
     assert (phase["noises_per_image"], phase["timesteps"]) == (2, "stratified")
     assert phase["timestep_logit_normal"] == [-0.5, 1.0]
