@@ -85,12 +85,14 @@ def test_the_last_line_states_how_many_inputs_were_skipped_and_the_sampling_flag
     tmp_path, images, capsys
 ):
     out = tmp_path / "run"
-    flags = ["--noises-per-image", "2", "--timesteps", "stratified", "--timestep-logit-normal", "-0.5", "1"]
+    flags = ["--noises-per-image", "2", "--timesteps", "stratified", "--timestep-logit-normal", "-0.5", "1",
+             "--lr-scale", "encoder.projection", "3"]  # fmt: skip
     assert main(train_args(out, images, *flags, steps=2)) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("skipped 0 unreadable inputs")
     phase = json.loads((out / "run.json").read_text())["phases"][0]
     assert (phase["noises_per_image"], phase["timesteps"]) == (2, "stratified")
     assert phase["timestep_logit_normal"] == [-0.5, 1.0]
+    assert phase["optim"]["lr_scales"] == [["encoder.projection", 3.0]]
 
 
 def test_a_run_killed_hard_after_a_checkpoint_resumes_to_the_same_weights_bit_for_bit(tmp_path, images, uninterrupted):

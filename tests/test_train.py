@@ -20,7 +20,7 @@ from vlv.train import (
     warmup_cosine,
 )
 from vlv.train.loop import MAX_NONFINITE
-from vlv.train.recipes import BASELINE_PARTS, PHASE_PARTS
+from vlv.train.recipes import BASELINE_PARTS, PHASE_PARTS, recipe_dict
 
 CAPTIONS = ["a red circle", "a blue square at the top"]
 
@@ -375,3 +375,32 @@ def test_ema_weights_are_swapped_in_and_restored(tiny_config, images):
     with trainer.ema_weights():
         assert torch.equal(model.encoder.queries, trainer.ema_state()["encoder.queries"])
     assert torch.equal(model.encoder.queries, live)
+
+
+def test_lr_scales_multiply_the_learning_rate_of_the_parameters_they_name(tiny_config, images):
+    """AdamW's first step moves every weight by lr · sign(grad) (before weight decay): a factor of 4 on the queries
+    moves them 4× as far as the projection, on the same schedule; the record of the recipe keeps the pairs."""
+    model = VLV(tiny_config)
+    model.set_trainable(["encoder.queries", "encoder.projection"])
+    cfg = OptimConfig(steps=4, lr=1e-3, weight_decay=0.0, lr_scales=[["encoder.queries", 4.0]])  # as JSON gives it
+    assert cfg.lr_scales == (("encoder.queries", 4.0),) and cfg.lr_scale("encoder.projection.0.weight") == 1.0
+    composition = model.autoencoder()  # names its parts as the recipes do: encoder.queries, ...
+    before = {n: p.detach().clone() for n, p in composition.named_parameters() if p.requires_grad}
+    trainer = Trainer(composition, cfg)
+    trainer.train_step({"images": images})
+    moved = {n: (p.detach() - before[n]).abs() for n, p in composition.named_parameters() if p.requires_grad}
+    step = {n: d[d > 0].median().item() for n, d in moved.items()}
+    assert step["encoder.queries"] == pytest.approx(4 * trainer.cfg.lr * warmup_cosine(0, 4, 0), rel=0.05)
+    assert step["encoder.projection.0.weight"] == pytest.approx(trainer.cfg.lr * warmup_cosine(0, 4, 0), rel=0.05)
+    assert recipe_dict(AutoencoderRecipe(cfg))["optim"]["lr_scales"] == [["encoder.queries", 4.0]]
+    assert "lr_scales" not in recipe_dict(AutoencoderRecipe(OptimConfig(steps=4)))["optim"]  # older records' form
+
+
+def test_lr_scales_that_name_no_parameter_or_are_not_positive_are_refused(tiny_config):
+    model = VLV(tiny_config)
+    model.set_trainable(["encoder.queries"])
+    Trainer(model.autoencoder(), OptimConfig(steps=1, lr_scales=(("encoder.projection", 2.0),)))  # frozen here: fine
+    with pytest.raises(ValueError, match=r"\['encoder.projektion'\] match no parameter"):
+        Trainer(model.autoencoder(), OptimConfig(steps=1, lr_scales=(("encoder.projektion", 2.0),)))
+    with pytest.raises(ValueError, match="must be positive"):
+        OptimConfig(steps=1, lr_scales=(("encoder.queries", 0.0),))

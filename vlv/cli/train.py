@@ -87,6 +87,9 @@ def _common_flags() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps")
     p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
     p.add_argument("--grad-clip", type=float, default=None, help="gradient norm clip")
+    p.add_argument("--lr-scale", nargs=2, action="append", default=None, metavar=("PREFIX", "FACTOR"),
+                   help="parameters whose name starts with PREFIX (e.g. encoder.projection) train at FACTOR × the "
+                        "learning rate; repeatable")  # fmt: skip
     p.add_argument("--ema-decay", type=float, default=None,
                    help="keep an EMA of the trained weights (e.g. 0.99); each phase ends with it")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="seed of data order, noise and dropout")
@@ -109,7 +112,9 @@ def _common_flags() -> argparse.ArgumentParser:
 
 def _optim(optim, args, **extra):
     changes = {"lr": args.lr, "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
-               "grad_clip": args.grad_clip, "ema_decay": args.ema_decay, **extra}  # fmt: skip
+               "grad_clip": args.grad_clip, "ema_decay": args.ema_decay,
+               "lr_scales": tuple((prefix, float(f)) for prefix, f in args.lr_scale) if args.lr_scale else None,
+               **extra}  # fmt: skip
     return dataclasses.replace(optim, **{k: v for k, v in changes.items() if v is not None})
 
 

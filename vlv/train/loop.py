@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import json
 import math
 import random
 import time
@@ -43,10 +45,38 @@ class OptimConfig:
     schedule: str = "cosine"  # decay after warmup: "cosine" (paper stage 1) or "linear" (paper stage 2)
     ema_decay: float | None = None  # keep an exponential moving average of the trained weights (None: no EMA)
     seed: int = 0  # seeds every RNG (torch, numpy, python) when the run starts: noise, timesteps, dropout
+    # (name prefix, factor) pairs: trained parameters whose name starts with the prefix run at factor × the schedule's
+    # learning rate (the first matching prefix wins; e.g. (("encoder.projection", 5.0),)). Empty: one learning rate.
+    lr_scales: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (e.g. 0.99), got {self.ema_decay}")
+        # read back from JSON, the pairs are lists
+        object.__setattr__(self, "lr_scales", tuple((str(prefix), float(f)) for prefix, f in self.lr_scales))
+        bad = [(prefix, f) for prefix, f in self.lr_scales if not f > 0]
+        if bad:
+            raise ValueError(f"lr_scales factors must be positive, got {bad}")
+
+    def lr_scale(self, name: str) -> float:
+        """The factor on the learning rate of the parameter called `name` (1 when no prefix matches)."""
+        return next((f for prefix, f in self.lr_scales if name.startswith(prefix)), 1.0)
+
+
+# Fields added after records were first written, left out while unset: such a recipe reads as it did before (a
+# cached run keyed by its recipe stays valid).
+UNSET_OMITTED = {"lr_scales": []}
+
+
+def recipe_dict(recipe) -> dict:
+    """A recipe as JSON data (as it reads back from training.json: tuples become lists)."""
+
+    def prune(x):
+        if isinstance(x, dict):
+            return {k: prune(v) for k, v in x.items() if not (k in UNSET_OMITTED and v == UNSET_OMITTED[k])}
+        return [prune(v) for v in x] if isinstance(x, list) else x
+
+    return prune(json.loads(json.dumps(dataclasses.asdict(recipe))))
 
 
 SCHEDULES = ("cosine", "linear")
@@ -110,8 +140,19 @@ class Trainer:
             # AdamW steps at the paper's learning rates are below bf16 resolution: such weights would never move.
             raise ValueError(f"{desc}: trained weights must be float32 (master weights), got {low[:3]}; "
                              "see VLV.set_trainable, which keeps them float32")  # fmt: skip
+        names = [n for n, _ in model.named_parameters()]  # a prefix may name a part frozen in this phase
+        unmatched = [prefix for prefix, _ in cfg.lr_scales if not any(n.startswith(prefix) for n in names)]
+        if unmatched:
+            raise ValueError(f"{desc}: lr_scales prefixes {unmatched} match no parameter of the model "
+                             f"(e.g. {', '.join(sorted(self.params)[:3])})")  # fmt: skip
+        groups: dict[float, list[nn.Parameter]] = {}
+        for name, p in self.params.items():
+            groups.setdefault(cfg.lr_scale(name), []).append(p)
         self.optimizer = torch.optim.AdamW(
-            self.params.values(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+            [{"params": ps, "lr_scale": scale} for scale, ps in groups.items()],
+            lr=cfg.lr,
+            betas=cfg.betas,
+            weight_decay=cfg.weight_decay,
         )
         self.model = model
         if accelerator is not None:
@@ -136,7 +177,7 @@ class Trainer:
         `MAX_NONFINITE` such steps in a row the run stops with a clear error, leaving saved checkpoints as they are.
         """
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+            group["lr"] = self.lr * group.get("lr_scale", 1.0)  # a run saved before lr_scales has none
         micro = batch if isinstance(batch, list) else [batch]
         acc = self.accelerator
         self.optimizer.zero_grad(set_to_none=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from vlv.model import VLV
 from vlv.parts import TRAINABLE
 from vlv.presets import STAGE1_PARTS, WORLD_PRESETS
 from vlv.train.loop import OptimConfig, Trainer
+from vlv.train.loop import recipe_dict as recipe_dict  # recipes are written as records here too
 
 PHASE_PARTS = {
     "mlp": ("caption_decoder.projector",),
@@ -79,11 +79,6 @@ def progressive(steps: tuple[int, int, int], optim: OptimConfig, *, batch_size: 
 def paired_only(steps: int, optim: OptimConfig, *, batch_size: int = 64) -> CaptionerRecipe:
     """The baseline: one phase, every part trainable, `steps` steps."""
     return CaptionerRecipe((Phase("baseline", BASELINE_PARTS, dataclasses.replace(optim, steps=steps)),), batch_size)
-
-
-def recipe_dict(recipe) -> dict:
-    """A recipe as JSON data (as it reads back from training.json: tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(recipe)))
 
 
 def autoencoder_of(model: VLV, recipe: AutoencoderRecipe):

@@ -41,7 +41,7 @@ from vlv.data.stream import DataStream
 from vlv.images import UnreadableImage, decode_image, preprocess
 from vlv.model import VLV
 from vlv.train import checkpoints
-from vlv.train.loop import OptimConfig, Trainer, rng_state, set_rng_state
+from vlv.train.loop import OptimConfig, Trainer, recipe_dict, rng_state, set_rng_state
 from vlv.train.observe import image_grid, loss_curve_png
 
 log = logging.getLogger(__name__)
@@ -345,7 +345,7 @@ class _Run:
 
 def _phase_records(phases: list[PhaseSpec]) -> list[dict]:
     """The phases as JSON data (as they read back from state.json)."""
-    return json.loads(json.dumps([dataclasses.asdict(p) for p in phases]))
+    return [recipe_dict(p) for p in phases]
 
 
 def _check_same_phases(found: dict, phases: list[PhaseSpec]) -> None:
