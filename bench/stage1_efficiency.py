@@ -83,12 +83,20 @@ def ours_run() -> Run:
     return Run("ours", _with(former_ours(), density=(-0.5, 1.0), ema_decay=0.95))
 
 
+def _ours_with(**optim) -> AutoencoderRecipe:
+    recipe = ours_run().recipe
+    return dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim, **optim))
+
+
 def ours_variants() -> list[Run]:
     """What each change does: the former recipe on today's init alone; ours before the timestep density (with the EMA
     at 0.99 as it was, and at 0.95); ours with the EMA at 0.99; the former ours at lr 1e-3, and at lr 1e-3 with 4
     noises per render (cosine over 1,200: the render segment of `vlv demo --from-scratch`) and with 1 (cosine over
-    2,400)."""
+    2,400); ours with its cosine over 800 or 3,200 steps, and with the projection and queries at 3× the lr."""
     return [
+        Run("ours_cosine800", _ours_with(steps=800)),
+        Run("ours_cosine3200", _ours_with(steps=3200)),
+        Run("ours_head_lr3x", _ours_with(lr_scales=(("encoder.projection", 3.0), ("encoder.queries", 3.0)))),
         Run("open_init_only", segment(2000, BATCH, 1e-3)),
         Run("former_ours", former_ours()),
         Run("former_ours_ema0.95", _with(former_ours(), density=None, ema_decay=0.95)),
