@@ -84,3 +84,15 @@ def test_the_papers_runs_get_at_least_four_times_the_former_demo_recipes_counted
     assert paper.budget == PAPER_BUDGET
     demo_compute = demo.budget * measure_step_flops(demo)
     assert 4 * demo_compute <= PAPER_BUDGET * measure_step_flops(paper) < 4.1 * demo_compute
+
+
+def test_attribute_probe_labels_each_quadrant_and_ignores_empty_ones():
+    from bench.attribute_probe import IGNORE, labels
+    from vlv.shapes.world import Scene, ShapeObject
+
+    scene = Scene((ShapeObject("top right", "large", "blue", "triangle"),))
+    y = labels([scene])  # quadrants in POSITIONS order: top left, top right, bottom left, bottom right
+    assert y["occupied"].tolist() == [[0, 1, 0, 0]]
+    assert y["size"].tolist() == [[IGNORE, 1, IGNORE, IGNORE]]  # SIZES = (small, large)
+    assert y["color"].tolist() == [[IGNORE, 2, IGNORE, IGNORE]]  # COLORS = (red, green, blue, yellow)
+    assert y["shape"].tolist() == [[IGNORE, 2, IGNORE, IGNORE]]  # SHAPES = (circle, square, triangle)
