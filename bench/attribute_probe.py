@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from bench.stage1_efficiency import _build, all_runs
-from vlv.images import bicubic_resize
 from vlv.shapes import preset
 from vlv.shapes.reader import reading_of
 from vlv.shapes.stage1 import renders
@@ -80,13 +79,9 @@ def embed(model, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
 
 @torch.no_grad()
 def vision_tokens(model, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
-    """The frozen vision tower's output tokens for every image, flattened (the encoder's own preprocessing)."""
-    enc, out = model.encoder, []
-    for i in range(0, len(images), batch):
-        x = bicubic_resize(images[i : i + batch], (enc.cfg.image_size,) * 2)
-        x = (x.clamp(0, 1) - enc.image_mean) / enc.image_std
-        out.append(enc.florence.get_image_features(x).pooler_output.flatten(1))
-    return torch.cat(out)
+    """The frozen vision tower's output tokens for every image, flattened."""
+    encoder = model.encoder
+    return torch.cat([encoder.visual_tokens(images[i : i + batch]).flatten(1) for i in range(0, len(images), batch)])
 
 
 def main(argv: list[str] | None = None) -> int:

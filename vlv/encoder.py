@@ -99,13 +99,17 @@ class VLVEncoder(nn.Module):
             self.florence.language_model.eval()
         return self
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images: (B, 3, H, W) in [0, 1] → z: (B, num_queries, z_dim)."""
-        B = images.shape[0]
+    def visual_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, 3, H, W) in [0, 1] → the vision side's output tokens (B, Nv, D), what BART reads."""
         x = bicubic_resize(images, (self.cfg.image_size,) * 2)
         x = (x.clamp(0, 1) - self.image_mean) / self.image_std
         with torch.set_grad_enabled(self.vision_trainable and torch.is_grad_enabled()):
-            visual = self.florence.get_image_features(x.to(self.queries.dtype)).pooler_output  # (B, Nv, D)
+            return self.florence.get_image_features(x.to(self.queries.dtype)).pooler_output
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, 3, H, W) in [0, 1] → z: (B, num_queries, z_dim)."""
+        B = images.shape[0]
+        visual = self.visual_tokens(images)  # (B, Nv, D)
         prompt = self.florence.get_input_embeddings()(self.prompt_ids).expand(B, -1, -1)  # (B, Np, D)
         bart = self.florence.language_model
         memory = bart.encoder(inputs_embeds=torch.cat([visual, prompt], dim=1)).last_hidden_state  # (B, Nv+Np, D)

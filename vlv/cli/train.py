@@ -113,7 +113,7 @@ def _common_flags() -> argparse.ArgumentParser:
 def _optim(optim, args, **extra):
     changes = {"lr": args.lr, "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
                "grad_clip": args.grad_clip, "ema_decay": args.ema_decay,
-               "lr_scales": tuple((prefix, float(f)) for prefix, f in args.lr_scale) if args.lr_scale else None,
+               "lr_scales": args.lr_scale,  # [[PREFIX, FACTOR], ...]: OptimConfig makes them (str, float) pairs
                **extra}  # fmt: skip
     return dataclasses.replace(optim, **{k: v for k, v in changes.items() if v is not None})
 
