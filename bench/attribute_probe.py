@@ -2,10 +2,16 @@
 shape), fitted on training-split scenes and scored on held-out ones, at chosen steps of a run of the efficiency case.
 
     python -m bench.attribute_probe [--run ours] [--seed 0] [--steps 300 450 600 750] [--vision]
+    python -m bench.attribute_probe --teacher
+
+`--teacher` trains nothing: it asks what each attribute is worth to the frozen teacher at each noise level — the
+denoising loss of held-out scenes with the true caption, with the empty prompt, and with the caption with every
+object's shape (colour, size) changed to the next value, on the same noise, per band of 100 timesteps.
 
 The run trains as `python -m bench --case stage1-efficiency` trains it (same recipe, seed, data), in this process;
 at each step the probes read its EMA weights when it keeps one (what the case's probe reads). `--vision` also probes
-the frozen vision tower's output tokens (what BART reads) and the raw pixels: an upper bound that needs no training.
+the vision tower's output tokens at initialisation (what BART reads at step 0; on shapes the tower trains in stage 1)
+and the raw pixels: an upper bound that needs no training.
 Chance: occupied and size 0.5, colour 0.25, shape 0.33.
 """
 
@@ -20,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.stage1_efficiency import _build, all_runs
+from vlv.model import VLV
 from vlv.shapes import preset
 from vlv.shapes.reader import reading_of
 from vlv.shapes.stage1 import renders
@@ -79,9 +86,41 @@ def embed(model, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
 
 @torch.no_grad()
 def vision_tokens(model, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
-    """The frozen vision tower's output tokens for every image, flattened."""
+    """The vision tower's output tokens for every image (its current weights), flattened."""
     encoder = model.encoder
     return torch.cat([encoder.visual_tokens(images[i : i + batch]).flatten(1) for i in range(0, len(images), batch)])
+
+
+def swapped(scene: Scene, attribute: str) -> Scene:
+    """The scene with every object's `attribute` changed to the next value of its list (a wrong, confident caption)."""
+    values = dict(ATTRIBUTES)[attribute]
+    return Scene(
+        tuple(
+            dataclasses.replace(o, **{attribute: values[(values.index(getattr(o, attribute)) + 1) % len(values)]})
+            for o in scene.objects
+        )
+    )
+
+
+@torch.no_grad()
+def teacher_penalties(model, scenes: list[Scene], *, band: int = 100, noises: int = 4, seed: int = 0) -> list[dict]:
+    """Per band of `band` timesteps (t at its middle): the teacher's mean denoising loss of `scenes` with the true
+    caption, the empty prompt and each attribute swapped (`swapped`), every conditioning on the same noise."""
+    captions = {"true": [s.caption for s in scenes], "empty": [""] * len(scenes)}
+    captions |= {name: [swapped(s, name).caption for s in scenes] for name, values in ATTRIBUTES if values}
+    conditions = {name: model.conditioner.encode_prompts(texts) for name, texts in captions.items()}
+    latents = model.decoder.encode_images(renders(scenes).to(model.device))
+    generator = torch.Generator(latents.device).manual_seed(seed)
+    noise = torch.randn((noises, *latents.shape), generator=generator, device=latents.device)
+    rows = []
+    for start in range(0, model.decoder.scheduler.config.num_train_timesteps, band):
+        t = torch.full((len(scenes),), start + band // 2, device=latents.device)
+        row = {"t": start + band // 2}
+        for name, c in conditions.items():
+            losses = [model.decoder.denoising_loss(latents, c, noise=n, t=t).item() for n in noise]
+            row[name] = sum(losses) / noises
+        rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,9 +130,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, nargs="+", default=[300, 450, 600, 750], help="steps to probe at")
     p.add_argument("--vision", action="store_true", help="also probe the vision tower's tokens and the pixels")
     p.add_argument("--train-scenes", type=int, default=2000)
-    p.add_argument("--heldout-scenes", type=int, default=500)
+    p.add_argument("--heldout-scenes", type=int, default=None, help="default 500 (128 with --teacher)")
+    p.add_argument("--teacher", action="store_true", help="only the teacher's loss per timestep band (see above)")
     p.add_argument("--json", default=None, help="write the results here too")
     args = p.parse_args(argv)
+    if args.teacher:
+        model = VLV(preset.config(seed=args.seed)).eval()
+        scenes = sample_scenes(args.heldout_scenes or 128, seed=args.seed + 8, split="heldout")
+        rows = teacher_penalties(model, scenes)
+        for row in rows:
+            gain = row["empty"] - row["true"]  # what the true caption is worth against none
+            extra = "  ".join(f"{name} {(row[name] - row['true']) / gain:6.2f}" for name in ("shape", "color", "size"))
+            print(f"t {row['t']:4d}  true {row['true']:.4f}  empty {row['empty']:.4f}  swapped / gain: {extra}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=2)
+        return 0
     runs = {r.name: r for r in all_runs()}
     if args.run not in runs:
         p.error(f"unknown run '{args.run}'; choose one of {sorted(runs)}")
@@ -101,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     model, composition, batches = _build(run, preset.TEACHER, args.seed, "cpu")
     trainer = Trainer(composition, dataclasses.replace(run.recipe.optim, seed=args.seed), desc=f"stage 1 ({run.name})")
     train = sample_scenes(args.train_scenes, seed=args.seed + 7, split="train")
-    heldout = sample_scenes(args.heldout_scenes, seed=args.seed + 8, split="heldout")
+    heldout = sample_scenes(args.heldout_scenes or 500, seed=args.seed + 8, split="heldout")
     x_train, x_test, y_train, y_test = renders(train), renders(heldout), labels(train), labels(heldout)
     results: dict = {"run": run.name, "seed": args.seed}
     if args.vision:

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from vlv.model import VLV
+from vlv.presets import STAGE1_PARTS as PAPER_STAGE1_PARTS
 from vlv.shapes import preset
 from vlv.shapes.stage1 import Stage1Probe, Stage1Recipe, segment, stage1_batches
 from vlv.train.flops import step_flops
@@ -92,11 +93,18 @@ def ours_variants() -> list[Run]:
     """What each change does: the former recipe on today's init alone; ours before the timestep density (with the EMA
     at 0.99 as it was, and at 0.95); ours with the EMA at 0.99; the former ours at lr 1e-3, and at lr 1e-3 with 4
     noises per render (cosine over 1,200: the render segment of `vlv demo --from-scratch`) and with 1 (cosine over
-    2,400); ours with its cosine over 800 or 3,200 steps, and with the projection and queries at 3× the lr."""
+    2,400); ours with its cosine over 800 or 3,200 steps, with the projection and queries at 3× the lr, at a lower
+    peak lr (4e-4, 3e-4), with BART at half the lr, with the timestep density's mean at −1, and with the vision
+    tower frozen (as the paper keeps its pretrained one; on shapes it is random-init and trains)."""
     return [
         Run("ours_cosine800", _ours_with(steps=800)),
         Run("ours_cosine3200", _ours_with(steps=3200)),
         Run("ours_head_lr3x", _ours_with(lr_scales=(("encoder.projection", 3.0), ("encoder.queries", 3.0)))),
+        Run("ours_lr4e-4", _ours_with(lr=4e-4)),
+        Run("ours_lr3e-4", _ours_with(lr=3e-4)),
+        Run("ours_bart_lr0.5", _ours_with(lr_scales=(("encoder.florence.language_model", 0.5),))),
+        Run("ours_logit_normal-1", dataclasses.replace(ours_run().recipe, timestep_logit_normal=(-1.0, 1.0))),
+        Run("ours_frozen_vision", dataclasses.replace(ours_run().recipe, trainable=PAPER_STAGE1_PARTS)),
         Run("open_init_only", segment(2000, BATCH, 1e-3)),
         Run("former_ours", former_ours()),
         Run("former_ours_ema0.95", _with(former_ours(), density=None, ema_decay=0.95)),

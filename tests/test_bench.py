@@ -96,3 +96,21 @@ def test_attribute_probe_labels_each_quadrant_and_ignores_empty_ones():
     assert y["size"].tolist() == [[IGNORE, 1, IGNORE, IGNORE]]  # SIZES = (small, large)
     assert y["color"].tolist() == [[IGNORE, 2, IGNORE, IGNORE]]  # COLORS = (red, green, blue, yellow)
     assert y["shape"].tolist() == [[IGNORE, 2, IGNORE, IGNORE]]  # SHAPES = (circle, square, triangle)
+
+
+def test_the_committed_teacher_follows_its_caption_a_wrong_attribute_costs_more_than_none_at_low_noise():
+    from bench.attribute_probe import swapped, teacher_penalties
+    from vlv.model import VLV
+    from vlv.shapes import preset
+    from vlv.shapes.world import Scene, ShapeObject, sample_scenes
+
+    scene = Scene((ShapeObject("top left", "small", "yellow", "triangle"),))
+    assert swapped(scene, "shape").caption == "a small yellow circle at the top left"  # the next value, wrapping
+    assert swapped(scene, "color").caption == "a small red triangle at the top left"
+
+    model = VLV(preset.config()).eval()
+    low, high = teacher_penalties(model, sample_scenes(8, seed=5, split="heldout"), band=500, noises=1)
+    assert (low["t"], high["t"]) == (250, 750)
+    for name in ("shape", "color", "size"):
+        assert low[name] > low["empty"] > low["true"]  # at low noise a wrong caption is worse than none
+        assert high["empty"] > high[name] > high["true"]  # at high noise it still carries what it gets right
