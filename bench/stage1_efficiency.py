@@ -52,6 +52,7 @@ class Run:
     name: str
     recipe: AutoencoderRecipe
     open_cross_attention: bool = True
+    z_init_scale: float = 1.0  # φ's last layer drawn at this × its default init (z's scale at step 0)
 
     @property
     def budget(self) -> int:
@@ -95,7 +96,8 @@ def ours_variants() -> list[Run]:
     noises per render (cosine over 1,200: the render segment of `vlv demo --from-scratch`) and with 1 (cosine over
     2,400); ours with its cosine over 800 or 3,200 steps, with the projection and queries at 3× the lr, at a lower
     peak lr (4e-4, 3e-4), with BART at half the lr, with the timestep density's mean at −1, and with the vision
-    tower frozen (as the paper keeps its pretrained one; on shapes it is random-init and trains)."""
+    tower frozen (as the paper keeps its pretrained one; on shapes it is random-init and trains), and with z's scale at
+    step 0 at 0.25× and 2× (φ's last layer drawn smaller or larger)."""
     return [
         Run("ours_cosine800", _ours_with(steps=800)),
         Run("ours_cosine3200", _ours_with(steps=3200)),
@@ -104,6 +106,8 @@ def ours_variants() -> list[Run]:
         Run("ours_lr3e-4", _ours_with(lr=3e-4)),
         Run("ours_bart_lr0.5", _ours_with(lr_scales=(("encoder.florence.language_model", 0.5),))),
         Run("ours_logit_normal-1", dataclasses.replace(ours_run().recipe, timestep_logit_normal=(-1.0, 1.0))),
+        Run("ours_z_scale0.25", ours_run().recipe, z_init_scale=0.25),
+        Run("ours_z_scale2", ours_run().recipe, z_init_scale=2.0),
         Run("ours_frozen_vision", dataclasses.replace(ours_run().recipe, trainable=PAPER_STAGE1_PARTS)),
         Run("open_init_only", segment(2000, BATCH, 1e-3)),
         Run("former_ours", former_ours()),
@@ -129,6 +133,10 @@ def _build(run: Run, teacher: str, seed: int, device: str):
     config = preset.config(teacher=teacher, seed=seed)
     encoder = dataclasses.replace(config.encoder, open_cross_attention=run.open_cross_attention)
     model = VLV(dataclasses.replace(config, encoder=encoder)).to(device)
+    if run.z_init_scale != 1.0:
+        with torch.no_grad():
+            for tensor in model.encoder.projection[-1].parameters():
+                tensor.mul_(run.z_init_scale)
     model.set_trainable(run.recipe.trainable)
     renders = stage1_batches(Stage1Recipe(run.recipe, seed=seed), compose=False, size=model.config.teacher.image_size)
 
@@ -155,6 +163,8 @@ def measure(
     done, state_file = work / f"{run.name}.json", work / f"{run.name}.pt"
     key = {"recipe": recipe_dict(run.recipe), "teacher": Path(teacher).name, "seed": seed, "target": TARGET,
            "probe_every": probe_every, "open_cross_attention": run.open_cross_attention}  # fmt: skip
+    if run.z_init_scale != 1.0:  # absent otherwise, so that runs measured before the option keep their keys
+        key["z_init_scale"] = run.z_init_scale
     finished = json.loads(done.read_text()) if done.is_file() else None
     if finished is not None and finished["key"] == key:
         return finished["value"]
