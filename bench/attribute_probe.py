@@ -79,16 +79,25 @@ def linear_probe(train: torch.Tensor, y_train: dict, test: torch.Tensor, y_test:
 
 
 @torch.no_grad()
-def embed(model, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
+def _batched(fn, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    """fn over `images` in batches, each output flattened to one row per image."""
+    return torch.cat([fn(images[i : i + batch]).flatten(1) for i in range(0, len(images), batch)])
+
+
+def embed(model, images: torch.Tensor) -> torch.Tensor:
     """z of every image, flattened: (N, 77 · z_dim)."""
-    return torch.cat([model.encoder(images[i : i + batch]).flatten(1) for i in range(0, len(images), batch)])
+    return _batched(model.encoder, images)
 
 
-@torch.no_grad()
-def vision_tokens(model, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
+def vision_tokens(model, images: torch.Tensor) -> torch.Tensor:
     """The vision tower's output tokens for every image (its current weights), flattened."""
-    encoder = model.encoder
-    return torch.cat([encoder.visual_tokens(images[i : i + batch]).flatten(1) for i in range(0, len(images), batch)])
+    return _batched(model.encoder.visual_tokens, images)
+
+
+def _write_json(path: str | None, value) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(value, f, indent=2)
 
 
 def swapped(scene: Scene, attribute: str) -> Scene:
@@ -142,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             gain = row["empty"] - row["true"]  # what the true caption is worth against none
             extra = "  ".join(f"{name} {(row[name] - row['true']) / gain:6.2f}" for name in ("shape", "color", "size"))
             print(f"t {row['t']:4d}  true {row['true']:.4f}  empty {row['empty']:.4f}  swapped / gain: {extra}")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=2)
+        _write_json(args.json, rows)
         return 0
     runs = {r.name: r for r in all_runs()}
     if args.run not in runs:
@@ -168,9 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         with trainer.ema_weights() if trainer.ema is not None else contextlib.nullcontext():
             results["z"][step] = linear_probe(embed(model, x_train), y_train, embed(model, x_test), y_test)
         print(json.dumps({"step": step, **{k: round(v, 3) for k, v in results["z"][step].items()}}), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    _write_json(args.json, results)
     return 0
 
 

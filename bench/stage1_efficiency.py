@@ -85,8 +85,9 @@ def ours_run() -> Run:
     return Run("ours", _with(former_ours(), density=(-0.5, 1.0), ema_decay=0.95))
 
 
-def _ours_with(**optim) -> AutoencoderRecipe:
-    recipe = ours_run().recipe
+def _ours_with(recipe_changes: dict | None = None, **optim) -> AutoencoderRecipe:
+    """Ours' recipe with these recipe fields and optimizer settings changed."""
+    recipe = dataclasses.replace(ours_run().recipe, **(recipe_changes or {}))
     return dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim, **optim))
 
 
@@ -105,10 +106,10 @@ def ours_variants() -> list[Run]:
         Run("ours_lr4e-4", _ours_with(lr=4e-4)),
         Run("ours_lr3e-4", _ours_with(lr=3e-4)),
         Run("ours_bart_lr0.5", _ours_with(lr_scales=(("encoder.florence.language_model", 0.5),))),
-        Run("ours_logit_normal-1", dataclasses.replace(ours_run().recipe, timestep_logit_normal=(-1.0, 1.0))),
+        Run("ours_logit_normal-1", _ours_with({"timestep_logit_normal": (-1.0, 1.0)})),
         Run("ours_z_scale0.25", ours_run().recipe, z_init_scale=0.25),
         Run("ours_z_scale2", ours_run().recipe, z_init_scale=2.0),
-        Run("ours_frozen_vision", dataclasses.replace(ours_run().recipe, trainable=PAPER_STAGE1_PARTS)),
+        Run("ours_frozen_vision", _ours_with({"trainable": PAPER_STAGE1_PARTS})),
         Run("open_init_only", segment(2000, BATCH, 1e-3)),
         Run("former_ours", former_ours()),
         Run("former_ours_ema0.95", _with(former_ours(), density=None, ema_decay=0.95)),
