@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import reconstruction
         from vlv.model import VLV
         from vlv.shapes import preset
-        from vlv.shapes.reader import train_reader
+        from vlv.shapes.reader import load_reader
 
         model = VLV.from_pretrained(preset.ENCODER, teacher=preset.TEACHER)
-        results.update(reconstruction.run(model, train_reader(steps=800, seed=0), args.device, repeats=args.repeats))
+        results.update(reconstruction.run(model, load_reader(preset.READER), args.device, repeats=args.repeats))
     if "stage1-efficiency" in args.case:
         from bench import stage1_efficiency
 

@@ -179,7 +179,7 @@ def test_eval_shapes_scores_a_model_and_a_baseline(tmp_path):
 
     reader = train_vqa_reader(tmp_path / "vqa_reader", steps=5, seed=0, batch_size=8, blocks=1)
     args = ["eval", "shapes", "--model", preset.ENCODER, "--baseline", preset.ENCODER]
-    args += ["--scenes", "8", "--reader-steps", "30", "--vqa-reader", str(reader), "--out", str(tmp_path / "eval")]
+    args += ["--scenes", "8", "--vqa-reader", str(reader), "--out", str(tmp_path / "eval")]  # the committed reader
     assert main(args) == 0
     results = json.loads((tmp_path / "eval/results.json").read_text())
     assert results["scenes"] == 8

@@ -33,13 +33,13 @@ from vlv.shapes.demo import (
     DemoConfig,
     composition_seed,
     demo_pairs,
+    demo_reader,
     demo_stage1,
     heldout_scenes,
     pair_batches,
     run_stage2,
 )
 from vlv.shapes.evaluate import evaluate_captions, evaluate_composition
-from vlv.shapes.reader import train_reader
 from vlv.shapes.stage1 import Stage1Probe, Stage1Recipe, recipe_of, stage1_batches
 from vlv.train.flops import step_flops, training_flops
 from vlv.train.recipes import CaptionerRecipe, autoencoder_of, recipe_dict
@@ -169,7 +169,7 @@ def run_controls(out: Path, controls: Controls, *, teacher: str = preset.TEACHER
     def composition_cell(path: str) -> dict:
         def compute(_: Path) -> dict:
             nonlocal reader
-            reader = reader or train_reader(steps=cfg.reader_steps, seed=cfg.seed)
+            reader = reader or demo_reader(cfg)
             model = VLV.from_pretrained(path, teacher=teacher).eval()
             probe = Stage1Probe(model, cfg.seed)(model)
             scores, _ = evaluate_composition(model, reader, cfg.composition_pairs, composition_seed(cfg))

@@ -28,7 +28,7 @@ from vlv.config import VLVConfig, derive_seed
 from vlv.model import VLV
 from vlv.shapes import preset
 from vlv.shapes.evaluate import evaluate_captions, evaluate_composition, evaluate_reconstruction, evaluate_teacher
-from vlv.shapes.reader import reading_of, score, train_reader
+from vlv.shapes.reader import AttributeReader, load_reader, reading_of, score, train_reader
 from vlv.shapes.stage1 import (
     STAGE1_FROM_SCRATCH,
     Stage1Probe,
@@ -51,14 +51,18 @@ class DemoConfig:
     stage2_lr: float
     n_pairs: int  # paired captions available to stage 2 and to the baseline
     eval_scenes: int  # held-out scenes for captioning and reconstruction
-    teacher_eval_scenes: int
+    # The first this many held-out scenes serve the two diagnostics: teacher samples from the true captions, and
+    # reconstruction by the captioner's own encoder (the bars use all `eval_scenes`).
+    diagnostic_scenes: int
     composition_pairs: int
-    reader_steps: int
+    reader_steps: int  # when the reader is trained here (no `reader_from`)
     batch_size: int = 32
     stage1_log_points: int = 8  # stage-1 log entries, each with the held-out probe
     seed: int = 0
     # A committed stage-1 checkpoint to start from (`vlv shapes train-encoder`); None trains stage 1 here.
     stage1_from: str | None = None
+    # The attribute reader that scores images: a committed one (`vlv shapes train-reader`), or None to train one here.
+    reader_from: str | None = None
     # `--ablations`: shorter stage-1 runs from scratch (the demo's own encoder is the largest size), and N values.
     ablation_stage1_steps: tuple[int, ...] = (250, 1000)
     ablation_pairs: tuple[int, ...] = (100, 1000, 10_000)
@@ -73,10 +77,11 @@ class DemoConfig:
             stage2_lr=1e-3,
             n_pairs=1000,
             eval_scenes=500,
-            teacher_eval_scenes=500,
+            diagnostic_scenes=100,
             composition_pairs=100,
             reader_steps=800,
             stage1_from=None if from_scratch else preset.ENCODER,
+            reader_from=preset.READER,  # the same reader as 800 steps at seed 0 give, bit for bit
         )
 
     @classmethod
@@ -87,7 +92,7 @@ class DemoConfig:
             stage2_lr=1e-3,
             n_pairs=200,
             eval_scenes=64,
-            teacher_eval_scenes=32,
+            diagnostic_scenes=32,
             composition_pairs=16,
             reader_steps=160,
             batch_size=16,
@@ -111,6 +116,13 @@ class DemoConfig:
 
     def _stage2_optim(self) -> OptimConfig:
         return OptimConfig(steps=0, lr=self.stage2_lr, warmup_steps=20, seed=self.seed)  # steps: set per phase
+
+
+def demo_reader(cfg: DemoConfig) -> AttributeReader:
+    """The run's attribute reader: `cfg.reader_from`, else trained now for `cfg.reader_steps`."""
+    if cfg.reader_from is not None:
+        return load_reader(cfg.reader_from)
+    return train_reader(steps=cfg.reader_steps, seed=cfg.seed)
 
 
 # The demo's fixed scene sets, each seeded from the run's seed here and only here.
@@ -180,7 +192,7 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str = preset.TEACHER
         tqdm.write(f"[{name}] {seconds[name]:.0f} s")
 
     t0 = time.perf_counter()
-    reader = train_reader(steps=cfg.reader_steps, seed=cfg.seed)
+    reader = demo_reader(cfg)
     heldout = heldout_scenes(cfg)
     reader_check = score(reader.read(renders(heldout)), [reading_of(s) for s in heldout])
     lap("attribute_reader", t0)
@@ -215,14 +227,14 @@ def run_shapes_demo(out: Path, cfg: DemoConfig, *, teacher: str = preset.TEACHER
 
     t0 = time.perf_counter()
     model.eval()
-    teacher_scores, teacher_samples = evaluate_teacher(model, reader, heldout[: cfg.teacher_eval_scenes])
+    teacher_scores, teacher_samples = evaluate_teacher(model, reader, heldout[: cfg.diagnostic_scenes])
     caption_scores, captions = by_phase[-1]  # after phase 3 the model is final: its captions are already scored
     baseline_scores, _ = evaluate_captions(baseline.eval(), heldout)
     # The final model reconstructs and composes with the stage-1 encoder it kept; `final_model` probes the
     # captioner's own encoder, after phase 3.
     recon_scores, recon = evaluate_reconstruction(model, reader, heldout)
     kept, model.stage1_encoder = model.stage1_encoder, None  # for a moment, reconstruct with the captioner's encoder
-    own_recon_scores, _ = evaluate_reconstruction(model, reader, heldout)
+    own_recon_scores, _ = evaluate_reconstruction(model, reader, heldout[: cfg.diagnostic_scenes])
     model.stage1_encoder = kept
     composition, compositions = evaluate_composition(model, reader, cfg.composition_pairs, composition_seed(cfg))
     final_probe = {"stage1_model": stage1_probe, "final_model": probe(model)}

@@ -25,6 +25,7 @@ STAGE1_PARTS = (*PAPER_STAGE1_PARTS, "encoder.vision")
 ASSETS = Path(__file__).resolve().parent / "assets"
 TEACHER = str(ASSETS / "shapes_teacher")  # the committed teacher (`vlv shapes train-teacher`)
 ENCODER = str(ASSETS / "shapes_encoder")  # the committed stage-1 checkpoint (`vlv shapes train-encoder`)
+READER = str(ASSETS / "shapes_reader")  # the committed attribute reader that scores images (`vlv shapes train-reader`)
 
 
 def config(teacher: str | None = TEACHER, seed: int = 0) -> VLVConfig:

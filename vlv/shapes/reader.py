@@ -4,9 +4,16 @@ The reader is a small CNN with one head per quadrant (occupied 2 + size 2 + colo
 renders of training-split scenes with mild gain/offset/noise augmentation, it reads teacher samples and
 reconstructions; its penultimate features give the "shapes-FID". Scores compare per-quadrant readings:
 {position: (size, color, shape) or None}.
+
+The reader is a measuring instrument, fixed like the teacher: `vlv shapes train-reader` trains it and the demo's
+(800 steps, seed 0) is committed under `assets/shapes_reader` (`save_reader` / `load_reader`), so that every
+evaluation reads with the same one and none pays for training it.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import trange
 
+from vlv.checkpoint import WEIGHTS_NAME, read_tensors, write_json, write_weights
 from vlv.config import derive_seed
+from vlv.loading import check_state_dict
 from vlv.shapes.world import COLORS, INVALID, POSITIONS, SHAPES, SIZES, Scene, ShapeObject, render_batch, sample_scenes
 
 Reading = dict[str, ShapeObject | None]  # quadrant → object, None when empty
@@ -25,6 +34,7 @@ PER_QUADRANT = sum(n for _, n in HEADS)
 class AttributeReader(nn.Module):
     def __init__(self, image_size: int = 16, width: int = 64, features: int = 256):
         super().__init__()
+        self.arch = {"image_size": image_size, "width": width, "features": features}
         self.body = nn.Sequential(
             nn.Conv2d(3, width // 2, 3, padding=1), nn.GELU(),
             nn.Conv2d(width // 2, width, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
@@ -98,6 +108,29 @@ def train_reader(image_size: int = 16, steps: int = 1500, batch_size: int = 128,
         loss.backward()
         opt.step()
         sched.step()
+    reader.training_record = {"steps": steps, "batch_size": batch_size, "seed": seed}
+    return reader.eval()
+
+
+def save_reader(reader: AttributeReader, out: str | Path) -> None:
+    """A reader as a folder: config.json (its sizes and how it was trained) and model.safetensors."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_weights(out, reader.state_dict())
+    write_json(out / "config.json", {**reader.arch, "training": getattr(reader, "training_record", None)})
+
+
+def load_reader(path: str | Path) -> AttributeReader:
+    """A reader saved by `save_reader`, in eval mode; every missing, extra or mis-shaped weight is an error."""
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"{path} is not an attribute reader folder (config.json + {WEIGHTS_NAME})")
+    config = json.loads((path / "config.json").read_text())
+    reader = AttributeReader(**{k: config[k] for k in ("image_size", "width", "features")})
+    state = read_tensors(path, "")
+    check_state_dict(reader.state_dict(), state, f"the attribute reader at {path}")
+    reader.load_state_dict(state)
+    reader.training_record = config.get("training")
     return reader.eval()
 
 
