@@ -96,11 +96,11 @@ def ours_variants() -> list[Run]:
     """What each change does: the former recipe on today's init alone; ours before the timestep density (with the EMA
     at 0.99 as it was, and at 0.95); ours with the EMA at 0.99; the former ours at lr 1e-3, and at lr 1e-3 with 4
     noises per render (cosine over 1,200: the render segment of `vlv demo --from-scratch`) and with 1 (cosine over
-    2,400); ours with its cosine over 800 or 3,200 steps, with the projection and queries at 3× the lr, at a lower
-    peak lr (4e-4, 3e-4), with BART at half the lr, with the vision tower at twice the lr, with AdamW's β2 at 0.95
-    (instead of 0.99), without gradient clipping, with the timestep density's mean at −1, with the vision tower frozen
-    (as the paper keeps its pretrained one; on shapes it is random-init and trains), and with z's scale at step 0 at
-    0.25× and 2× (φ's last layer drawn smaller or larger)."""
+    2,400); ours with one noisy copy per render, with its cosine over 800 or 3,200 steps, with the projection and
+    queries at 3× the lr, at a lower peak lr (4e-4, 3e-4), with BART at half the lr, with the vision tower at twice
+    the lr, with AdamW's β2 at 0.95 (instead of 0.99), without gradient clipping, with the timestep density's mean at
+    −1, with the vision tower frozen (as the paper keeps its pretrained one; on shapes it is random-init and trains),
+    and with z's scale at step 0 at 0.25× and 2× (φ's last layer drawn smaller or larger)."""
     return [
         Run("ours_cosine800", _ours_with(steps=800)),
         Run("ours_cosine3200", _ours_with(steps=3200)),
@@ -109,6 +109,7 @@ def ours_variants() -> list[Run]:
         Run("ours_lr3e-4", _ours_with(lr=3e-4)),
         Run("ours_bart_lr0.5", _ours_with(lr_scales=(("encoder.florence.language_model", 0.5),))),
         Run("ours_beta2_0.95", _ours_with(betas=(0.9, 0.95))),
+        Run("ours_k1", _ours_with({"noises_per_image": 1})),
         Run("ours_vision_lr2x", _ours_with(lr_scales=tuple((part, 2.0) for part in VISION_PARTS))),
         Run("ours_no_clip", _ours_with(grad_clip=1e6)),  # a bound no gradient reaches
         Run("ours_logit_normal-1", _ours_with({"timestep_logit_normal": (-1.0, 1.0)})),
