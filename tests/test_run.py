@@ -86,13 +86,14 @@ def test_the_last_line_states_how_many_inputs_were_skipped_and_the_sampling_flag
 ):
     out = tmp_path / "run"
     flags = ["--noises-per-image", "2", "--timesteps", "stratified", "--timestep-logit-normal", "-0.5", "1",
-             "--lr-scale", "encoder.projection", "3"]  # fmt: skip
+             "--lr-scale", "encoder.projection", "3", "--adam-betas", "0.9", "0.95"]  # fmt: skip
     assert main(train_args(out, images, *flags, steps=2)) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("skipped 0 unreadable inputs")
     phase = json.loads((out / "run.json").read_text())["phases"][0]
     assert (phase["noises_per_image"], phase["timesteps"]) == (2, "stratified")
     assert phase["timestep_logit_normal"] == [-0.5, 1.0]
     assert phase["optim"]["lr_scales"] == [["encoder.projection", 3.0]]
+    assert phase["optim"]["betas"] == [0.9, 0.95]
 
 
 def test_a_run_killed_hard_after_a_checkpoint_resumes_to_the_same_weights_bit_for_bit(tmp_path, images, uninterrupted):
@@ -251,6 +252,8 @@ def test_with_ema_decay_each_phase_ends_with_the_ema_of_its_weights(tmp_path, im
     assert not all(torch.equal(final[k], live[k]) for k in ema)
     assert main(train_args(tmp_path / "bad", images, "--ema-decay", "1", steps=2)) == 2
     assert "ema_decay must be in [0, 1)" in capsys.readouterr().err
+    assert main(train_args(tmp_path / "bad_betas", images, "--adam-betas", "0.9", "1", steps=2)) == 2
+    assert "betas must be two numbers in [0, 1)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("layout", ["folder", "parquet"])

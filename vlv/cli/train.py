@@ -87,6 +87,8 @@ def _common_flags() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps")
     p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
     p.add_argument("--grad-clip", type=float, default=None, help="gradient norm clip")
+    p.add_argument("--adam-betas", type=float, nargs=2, default=None, metavar=("BETA1", "BETA2"),
+                   help="AdamW's betas (default 0.9 0.99, the paper's)")  # fmt: skip
     p.add_argument("--lr-scale", nargs=2, action="append", default=None, metavar=("PREFIX", "FACTOR"),
                    help="parameters whose name starts with PREFIX (e.g. encoder.projection) train at FACTOR × the "
                         "learning rate; repeatable")  # fmt: skip
@@ -113,6 +115,7 @@ def _common_flags() -> argparse.ArgumentParser:
 def _optim(optim, args, **extra):
     changes = {"lr": args.lr, "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
                "grad_clip": args.grad_clip, "ema_decay": args.ema_decay,
+               "betas": tuple(args.adam_betas) if args.adam_betas else None,
                "lr_scales": args.lr_scale,  # [[PREFIX, FACTOR], ...]: OptimConfig makes them (str, float) pairs
                **extra}  # fmt: skip
     return dataclasses.replace(optim, **{k: v for k, v in changes.items() if v is not None})

@@ -54,6 +54,9 @@ class OptimConfig:
             raise ValueError(f"ema_decay must be in [0, 1) (e.g. 0.99), got {self.ema_decay}")
         # read back from JSON, the pairs are lists
         object.__setattr__(self, "lr_scales", tuple((str(prefix), float(f)) for prefix, f in self.lr_scales))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1) (e.g. 0.9 0.99), got {self.betas}")
         bad = [(prefix, f) for prefix, f in self.lr_scales if not f > 0]
         if bad:
             raise ValueError(f"lr_scales factors must be positive, got {bad}")
