@@ -117,6 +117,11 @@ def ours_variants() -> list[Run]:
         Run("ours_k1", _ours_with({"noises_per_image": 1})),
         Run("ours_vision_lr2x", _ours_with(lr_scales=tuple((part, 2.0) for part in VISION_PARTS))),
         Run("ours_no_clip", _ours_with(grad_clip=1e6)),  # a bound no gradient reaches
+        Run("ours_beta2_0.9", _ours_with(betas=(0.9, 0.9))),
+        Run("ours_clip0.5", _ours_with(betas=(0.9, 0.95), grad_clip=0.5)),
+        Run("ours_clip0.25", _ours_with(betas=(0.9, 0.95), grad_clip=0.25)),
+        Run("ours_clip0.1", _ours_with(betas=(0.9, 0.95), grad_clip=0.1)),
+        Run("ours_vision_lr0.5x", _ours_with(betas=(0.9, 0.95), lr_scales=tuple((p, 0.5) for p in VISION_PARTS))),
         Run("ours_logit_normal-1", _ours_with({"timestep_logit_normal": (-1.0, 1.0)})),
         Run("ours_z_scale0.25", ours_run().recipe, z_init_scale=0.25),
         Run("ours_z_scale2", ours_run().recipe, z_init_scale=2.0),

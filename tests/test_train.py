@@ -73,6 +73,8 @@ def test_a_restored_training_state_continues_bitwise(tiny_config, images, stage)
     for name, p in uninterrupted.params.items():
         assert torch.equal(p, second.params[name]), name
     assert [e["loss"] for e in second.log] == [e["loss"] for e in uninterrupted.log]
+    # step 5 lies inside a logging window: the gradient norms seen before the snapshot count in its entry
+    assert [e["grad_norm"] for e in second.log] == [e["grad_norm"] for e in uninterrupted.log]
 
 
 def test_training_state_is_a_snapshot(tiny_config, images):
@@ -172,6 +174,23 @@ def test_a_non_finite_step_is_skipped_and_training_goes_on(tiny_config, images):
     log = trainer.run(lambda step: {"images": images}, log_every=1)
     assert not torch.equal(model.encoder.queries, before) and all(math.isfinite(e["loss"]) for e in log)
     assert trainer.nonfinite == 0
+
+
+def test_the_log_reports_the_gradient_norm_before_clipping(tiny_config, images):
+    model = VLV(tiny_config)
+    model.set_trainable(["encoder.queries"])
+    clip = 1e-6
+    trainer = Trainer(model.autoencoder(), OptimConfig(steps=2, lr=1e-2, grad_clip=clip, seed=0))
+    batch = {"images": images}
+    torch.manual_seed(1)
+    trainer.model(batch).backward()
+    unclipped = torch.linalg.vector_norm(model.encoder.queries.grad).item()
+    model.encoder.queries.grad = None
+    torch.manual_seed(1)  # the same noise and timesteps as the pass above
+    trainer.train_step(batch)
+    assert trainer.grad_norm == pytest.approx(unclipped, rel=1e-4) and unclipped > 1e3 * clip
+    log = trainer.run(lambda step: batch, log_every=1)
+    assert log[-1]["grad_norm"] > 1e3 * clip  # the norm as computed, not as clipped
 
 
 def test_nothing_to_train_is_a_clear_error(tiny_config):

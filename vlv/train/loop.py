@@ -165,6 +165,8 @@ class Trainer:
         self.log: list[dict] = []
         self.nonfinite = 0  # consecutive steps skipped for a non-finite loss or gradient
         self._running: list[float] = []  # losses since the last log entry
+        self._norms: list[float] = []  # gradient norms (before clipping) of the finite steps since then
+        self.grad_norm = float("nan")  # the last step's gradient norm before clipping
         self._seconds = 0.0  # training time before this process (a restored run keeps counting)
         seed_everything(cfg.seed)
 
@@ -201,6 +203,7 @@ class Trainer:
             total = acc.reduce(total, reduction="mean")
             norm = acc.clip_grad_norm_(list(self.params.values()), self.cfg.grad_clip)
         self.step += 1
+        self.grad_norm = norm.item()
         if not (torch.isfinite(total) and torch.isfinite(norm)):
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite += 1
@@ -230,9 +233,9 @@ class Trainer:
         """Train from the current step to `until` (default: the end of the run) on `batches(step)`.
 
         Every `log_every` steps (and at the last step) a log entry {step, loss (mean of the finite losses since the
-        last entry), lr, seconds, skipped (non-finite steps)} is appended; `on_log(entry)` may add to it (e.g.
-        held-out probes). `on_step()` runs after every step (e.g. to save a checkpoint). samples_per_step: shown
-        as samples/s on the progress bar. Returns the whole log.
+        last entry), lr, seconds, grad_norm (their mean gradient norm before clipping), skipped (non-finite steps)} is
+        appended; `on_log(entry)` may add to it (e.g. held-out probes). `on_step()` runs after every step (e.g. to save
+        a checkpoint). samples_per_step: shown as samples/s on the progress bar. Returns the whole log.
         """
         until = self.cfg.steps if until is None else until
         start = time.perf_counter() - self._seconds
@@ -243,15 +246,19 @@ class Trainer:
         while self.step < until:
             lr = self.lr
             self._running.append(self.train_step(batches(self.step)))
+            if math.isfinite(self._running[-1]):
+                self._norms.append(self.grad_norm)
             bar.update(1)
             if self.step % log_every == 0 or self.step == self.cfg.steps:
                 self._seconds = time.perf_counter() - start
                 finite = [x for x in self._running if math.isfinite(x)]
                 entry = {"step": self.step, "loss": sum(finite) / len(finite) if finite else float("nan"), "lr": lr}
                 entry["seconds"] = self._seconds
+                if self._norms:  # before clipping at `grad_clip`: how often, and how hard, clipping acts
+                    entry["grad_norm"] = sum(self._norms) / len(self._norms)
                 if len(finite) < len(self._running):
                     entry["skipped"] = len(self._running) - len(finite)
-                self._running = []
+                self._running, self._norms = [], []
                 if on_log is not None:
                     on_log(entry)
                     self.model.train()
@@ -305,6 +312,7 @@ class Trainer:
                 "rng": rng_state(),
                 "log": self.log,
                 "running": self._running,
+                "norms": self._norms,
                 "seconds": self._seconds,
                 "nonfinite": self.nonfinite,
             }
@@ -328,6 +336,7 @@ class Trainer:
         self.ema = copy.deepcopy(state["ema"])
         self.step = state["step"]
         self.log, self._running = copy.deepcopy(state["log"]), list(state["running"])
+        self._norms = list(state.get("norms", []))  # a snapshot from before gradient norms were logged has none
         self._seconds = state["seconds"]
         self.nonfinite = state.get("nonfinite", 0)
         set_rng_state(state["rng"])
