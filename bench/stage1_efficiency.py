@@ -205,7 +205,8 @@ def measure(
         model.eval()
         with trainer.ema_weights() if trainer.ema is not None else contextlib.nullcontext():
             shares = probe(model)  # with an EMA, the EMA is what the run returns (`train_autoencoder`)
-        curve.append({"step": trainer.step, "recovered": shares["recovered"], "seconds": trainer.log[-1]["seconds"]})
+        point = {"step": trainer.step, "recovered": shares["recovered"], "seconds": trainer.log[-1]["seconds"]}
+        curve.append(point | {"grad_norm": trainer.log[-1].get("grad_norm")})  # mean before clipping, last 50 steps
         tqdm.write(f"{run.name}: step {trainer.step} recovered {shares['recovered']:.3f}")
         tmp = state_file.with_suffix(".tmp")
         torch.save({"key": key, "trainer": trainer.state_dict(), "curve": curve}, tmp)
