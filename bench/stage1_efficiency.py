@@ -109,7 +109,7 @@ def ours_variants() -> list[Run]:
     noises per render (cosine over 1,200: the render segment of `vlv demo --from-scratch`) and with 1 (cosine over
     2,400). `ours_clip1`: ours with β2 0.95 and the clip at 1.0, and its screens: β2 at 0.9, gradient clipping at 0.5
     / 0.25 / 0.1 (this one is ours), the vision tower at half the lr. Screens of ours: the clip at 0.03, the peak lr
-    at 1e-3 and 8e-4."""
+    at 1e-3 and 4e-4, the EMA at 0.9."""
     return [
         Run("ours_cosine800", _ours_with(steps=800)),
         Run("ours_cosine3200", _ours_with(steps=3200)),
@@ -126,7 +126,8 @@ def ours_variants() -> list[Run]:
         *(Run(f"ours_clip{clip:g}", _ours_with(betas=OURS_BETAS, grad_clip=clip)) for clip in (0.5, 0.25, 0.1)),
         Run("ours_vision_lr0.5x", _ours_with(betas=OURS_BETAS, lr_scales=tuple((p, 0.5) for p in VISION_PARTS))),
         Run("ours_clip0.1_lr1e-3", _ours_with(betas=OURS_BETAS, grad_clip=OURS_CLIP, lr=1e-3)),
-        Run("ours_clip0.1_lr8e-4", _ours_with(betas=OURS_BETAS, grad_clip=OURS_CLIP, lr=8e-4)),
+        Run("ours_ema0.9", _ours_with(betas=OURS_BETAS, grad_clip=OURS_CLIP, ema_decay=0.9)),
+        Run("ours_clip0.1_lr4e-4", _ours_with(betas=OURS_BETAS, grad_clip=OURS_CLIP, lr=4e-4)),
         Run("ours_clip0.03", _ours_with(betas=OURS_BETAS, grad_clip=0.03)),
         Run("ours_logit_normal-1", _ours_with({"timestep_logit_normal": (-1.0, 1.0)})),
         Run("ours_z_scale0.25", _ours_with(), z_init_scale=0.25),
