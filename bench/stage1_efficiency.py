@@ -108,8 +108,8 @@ def ours_variants() -> list[Run]:
     at 0.99 as it was, and at 0.95); ours with the EMA at 0.99; the former ours at lr 1e-3, and at lr 1e-3 with 4
     noises per render (cosine over 1,200: the render segment of `vlv demo --from-scratch`) and with 1 (cosine over
     2,400). `ours_clip1`: ours with β2 0.95 and the clip at 1.0, and its screens: β2 at 0.9, gradient clipping at 0.5
-    / 0.25 / 0.1 (this one is ours), the vision tower at half the lr. Screens of ours: the clip at 0.03, the peak lr
-    at 1e-3 and 4e-4, the EMA at 0.9."""
+    / 0.25 / 0.1 (this one is ours). Screens of ours: the clip at 0.03, the peak lr at 1e-3 and 4e-4, the EMA at 0.9,
+    β1 at 0.95, the vision tower at half the lr."""
     return [
         Run("ours_cosine800", _ours_with(steps=800)),
         Run("ours_cosine3200", _ours_with(steps=3200)),
@@ -124,8 +124,12 @@ def ours_variants() -> list[Run]:
         Run("ours_clip1", _ours_with(betas=OURS_BETAS)),
         Run("ours_beta2_0.9", _ours_with(betas=(0.9, 0.9))),
         *(Run(f"ours_clip{clip:g}", _ours_with(betas=OURS_BETAS, grad_clip=clip)) for clip in (0.5, 0.25, 0.1)),
-        Run("ours_vision_lr0.5x", _ours_with(betas=OURS_BETAS, lr_scales=tuple((p, 0.5) for p in VISION_PARTS))),
         Run("ours_clip0.1_lr1e-3", _ours_with(betas=OURS_BETAS, grad_clip=OURS_CLIP, lr=1e-3)),
+        Run(
+            "ours_vision_lr0.5x",
+            _ours_with(betas=OURS_BETAS, grad_clip=OURS_CLIP, lr_scales=tuple((p, 0.5) for p in VISION_PARTS)),
+        ),
+        Run("ours_beta1_0.95", _ours_with(betas=(0.95, 0.95), grad_clip=OURS_CLIP)),
         Run("ours_ema0.9", _ours_with(betas=OURS_BETAS, grad_clip=OURS_CLIP, ema_decay=0.9)),
         Run("ours_clip0.1_lr4e-4", _ours_with(betas=OURS_BETAS, grad_clip=OURS_CLIP, lr=4e-4)),
         Run("ours_clip0.03", _ours_with(betas=OURS_BETAS, grad_clip=0.03)),
