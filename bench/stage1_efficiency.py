@@ -84,7 +84,7 @@ def ours_run() -> Run:
     mean −0.5 (more of them at low noise than uniform t gives), lr 6e-4 with the cosine over 1,600 steps (at 1e-3 z
     leaves its initial plateau later), AdamW's β2 at 0.95 (the paper's 0.99 adapts its step sizes more slowly: 50–200
     steps later to 0.90 on three seeds), the gradient's norm clipped at 0.1 (below its typical 0.15–0.3, so most
-    steps are clipped: 100–150 steps sooner to 0.90 than at 1.0 on three seeds), the EMA of the weights (decay 0.95)
+    steps are clipped: 150–250 steps sooner to 0.90 than at 1.0 on three seeds), the EMA of the weights (decay 0.95)
     as the result. From the command line: `vlv train autoencoder --noises-per-image 2 --timesteps stratified
     --timestep-logit-normal -0.5 1 --ema-decay 0.95 --lr 6e-4 --adam-betas 0.9 0.95 --grad-clip 0.1`."""
     return Run("ours", _ours_with(betas=OURS_BETAS, grad_clip=OURS_CLIP))
