@@ -87,7 +87,12 @@ def ours_run() -> Run:
     steps are clipped: 150–250 steps sooner to 0.90 than at 1.0 on three seeds), the EMA of the weights (decay 0.95)
     as the result. From the command line: `vlv train autoencoder --noises-per-image 2 --timesteps stratified
     --timestep-logit-normal -0.5 1 --ema-decay 0.95 --lr 6e-4 --adam-betas 0.9 0.95 --grad-clip 0.1`."""
-    return Run("ours", _ours_with(betas=OURS_BETAS, grad_clip=OURS_CLIP))
+    return Run("ours", _ours_now())
+
+
+def _ours_now(**optim) -> AutoencoderRecipe:
+    """Ours (β2 0.95, the clip at 0.1) with these optimizer settings changed."""
+    return _ours_with(**{"betas": OURS_BETAS, "grad_clip": OURS_CLIP, **optim})
 
 
 def _ours_with(recipe_changes: dict | None = None, **optim) -> AutoencoderRecipe:
@@ -124,15 +129,12 @@ def ours_variants() -> list[Run]:
         Run("ours_clip1", _ours_with(betas=OURS_BETAS)),
         Run("ours_beta2_0.9", _ours_with(betas=(0.9, 0.9))),
         *(Run(f"ours_clip{clip:g}", _ours_with(betas=OURS_BETAS, grad_clip=clip)) for clip in (0.5, 0.25, 0.1)),
-        Run("ours_clip0.1_lr1e-3", _ours_with(betas=OURS_BETAS, grad_clip=OURS_CLIP, lr=1e-3)),
-        Run(
-            "ours_vision_lr0.5x",
-            _ours_with(betas=OURS_BETAS, grad_clip=OURS_CLIP, lr_scales=tuple((p, 0.5) for p in VISION_PARTS)),
-        ),
-        Run("ours_beta1_0.95", _ours_with(betas=(0.95, 0.95), grad_clip=OURS_CLIP)),
-        Run("ours_ema0.9", _ours_with(betas=OURS_BETAS, grad_clip=OURS_CLIP, ema_decay=0.9)),
-        Run("ours_clip0.1_lr4e-4", _ours_with(betas=OURS_BETAS, grad_clip=OURS_CLIP, lr=4e-4)),
-        Run("ours_clip0.03", _ours_with(betas=OURS_BETAS, grad_clip=0.03)),
+        Run("ours_clip0.1_lr1e-3", _ours_now(lr=1e-3)),
+        Run("ours_vision_lr0.5x", _ours_now(lr_scales=tuple((p, 0.5) for p in VISION_PARTS))),
+        Run("ours_beta1_0.95", _ours_now(betas=(0.95, 0.95))),
+        Run("ours_ema0.9", _ours_now(ema_decay=0.9)),
+        Run("ours_clip0.1_lr4e-4", _ours_now(lr=4e-4)),
+        Run("ours_clip0.03", _ours_now(grad_clip=0.03)),
         Run("ours_logit_normal-1", _ours_with({"timestep_logit_normal": (-1.0, 1.0)})),
         Run("ours_z_scale0.25", _ours_with(), z_init_scale=0.25),
         Run("ours_z_scale2", _ours_with(), z_init_scale=2.0),
