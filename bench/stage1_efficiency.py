@@ -56,6 +56,7 @@ class Run:
     recipe: AutoencoderRecipe
     open_cross_attention: bool = True
     z_init_scale: float = 1.0  # φ's last layer drawn at this × its default init (z's scale at step 0)
+    z_offset: bool = False  # z starts at the teacher's empty prompt (`EncoderConfig.empty_prompt_offset`)
 
     @property
     def budget(self) -> int:
@@ -135,6 +136,8 @@ def ours_variants() -> list[Run]:
         Run("ours_ema0.9", _ours_now(ema_decay=0.9)),
         Run("ours_clip0.1_lr4e-4", _ours_now(lr=4e-4)),
         Run("ours_clip0.03", _ours_now(grad_clip=0.03)),
+        Run("ours_muon", _ours_now(optimizer="muon")),
+        Run("ours_z0", _ours_now(), z_offset=True),
         Run("ours_logit_normal-1", _ours_with({"timestep_logit_normal": (-1.0, 1.0)})),
         Run("ours_z_scale0.25", _ours_with(), z_init_scale=0.25),
         Run("ours_z_scale2", _ours_with(), z_init_scale=2.0),
@@ -161,7 +164,9 @@ def paper_runs(budget: int) -> list[Run]:
 def _build(run: Run, teacher: str, seed: int, device: str):
     """A fresh shapes model for `run`, its stage-1 composition, and batches(step) of training renders on `device`."""
     config = preset.config(teacher=teacher, seed=seed)
-    encoder = dataclasses.replace(config.encoder, open_cross_attention=run.open_cross_attention)
+    encoder = dataclasses.replace(
+        config.encoder, open_cross_attention=run.open_cross_attention, empty_prompt_offset=run.z_offset
+    )
     model = VLV(dataclasses.replace(config, encoder=encoder)).to(device)
     if run.z_init_scale != 1.0:
         with torch.no_grad():
@@ -193,6 +198,8 @@ def measure(
     done, state_file = work / f"{run.name}.json", work / f"{run.name}.pt"
     key = {"recipe": recipe_dict(run.recipe), "teacher": Path(teacher).name, "seed": seed, "target": TARGET,
            "probe_every": probe_every, "open_cross_attention": run.open_cross_attention}  # fmt: skip
+    if run.z_offset:
+        key["z_offset"] = True
     if run.z_init_scale != 1.0:  # absent otherwise, so that runs measured before the option keep their keys
         key["z_init_scale"] = run.z_init_scale
     finished = json.loads(done.read_text()) if done.is_file() else None

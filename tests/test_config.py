@@ -56,7 +56,7 @@ def test_config_sections_are_split_by_role():
         "sampling",
         "generation",
     }
-    assert set(d["sampling"]) == {"steps", "guidance", "sampler", "timestep_spacing"}
+    assert set(d["sampling"]) == {"steps", "guidance", "sampler", "timestep_spacing", "guidance_interval"}
     assert set(d["generation"]) == {"max_new_tokens", "num_beams", "repetition_penalty", "no_repeat_ngram_size"}
     assert not any("train" in key for section in ("encoder", "teacher", "captioner") for key in d[section])
 

@@ -86,6 +86,24 @@ def test_guidance_zero_ignores_the_condition(tiny_config):
     assert not torch.equal(a, c)
 
 
+def test_the_guidance_interval_guides_the_first_steps_and_runs_the_rest_conditional_alone(tiny_config):
+    """guidance_interval 0.5 of 4 steps: the first 2 UNet calls carry both branches (batch 2B), the last 2 the
+    conditional one alone (batch B); at 0 no step is guided, which is guidance 1 (the conditional prediction)."""
+    dec = _decoder(tiny_config)
+    c = _c(dec)
+    batches = []
+    hook = dec.unet.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    half = _sample(dec, c, steps=4, guidance=3.0, guidance_interval=0.5)
+    hook.remove()
+    assert batches == [4, 4, 2, 2]
+    unguided = _sample(dec, c, steps=4, guidance=3.0, guidance_interval=0.0)
+    assert torch.allclose(unguided, _sample(dec, c, steps=4, guidance=1.0), atol=1e-5)
+    assert not torch.allclose(half, unguided, atol=1e-3)
+    assert not torch.allclose(half, _sample(dec, c, steps=4, guidance=3.0), atol=1e-3)
+    with pytest.raises(ValueError, match="guidance_interval must be in"):
+        SampleOptions(guidance_interval=1.5)
+
+
 def test_latent_space_teacher_with_a_vae(tiny_config):
     vae_arch = dict(
         block_out_channels=(8, 16),

@@ -162,6 +162,23 @@ def test_save_load_round_trip_is_bitwise(tiny_config, images, tmp_path):
     assert again.config == vlv.VLVConfig.from_dict(json.loads((tmp_path / "ckpt/config.json").read_text()))
 
 
+def test_the_empty_prompt_offset_starts_z_at_the_empty_prompt_and_is_saved_with_phi(tiny_config, images, tmp_path):
+    """With `empty_prompt_offset`, z = φ(...) + the teacher's token embeddings of "": with φ's output at zero the
+    teacher is conditioned as by the empty prompt (its unconditional branch). The offset is saved with φ and comes
+    back without the teacher being built; without the option the encoder has no such tensor."""
+    encoder = dataclasses.replace(tiny_config.encoder, empty_prompt_offset=True)
+    model = VLV(dataclasses.replace(tiny_config, encoder=encoder))
+    with torch.no_grad():
+        for p in model.encoder.projection[2].parameters():
+            p.zero_()
+        assert torch.allclose(model.conditioner(model.encoder(images)), model.conditioner.encode_prompts(["", ""]))
+        assert model.encoder(images).std() > 0  # the offset is not zero: BOS, EOS and padding embeddings
+    model.save_pretrained(tmp_path / "ckpt")
+    again = vlv.load(tmp_path / "ckpt")
+    assert torch.equal(again.embed(images), model.embed(images)) and "conditioner" not in again.built_parts()
+    assert "projection.3.offset" not in VLV(tiny_config).encoder.state_dict()
+
+
 def test_a_reloaded_model_saves_a_self_contained_copy(tiny_config, images, tmp_path):
     model = _used(tiny_config, images)
     model.save_pretrained(tmp_path / "a")

@@ -86,14 +86,16 @@ def test_the_last_line_states_how_many_inputs_were_skipped_and_the_sampling_flag
 ):
     out = tmp_path / "run"
     flags = ["--noises-per-image", "2", "--timesteps", "stratified", "--timestep-logit-normal", "-0.5", "1",
-             "--lr-scale", "encoder.projection", "3", "--adam-betas", "0.9", "0.95"]  # fmt: skip
+             "--lr-scale", "encoder.projection", "3", "--adam-betas", "0.9", "0.95", "--optimizer", "muon",
+             "--empty-prompt-offset"]  # fmt: skip
     assert main(train_args(out, images, *flags, steps=2)) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("skipped 0 unreadable inputs")
     phase = json.loads((out / "run.json").read_text())["phases"][0]
     assert (phase["noises_per_image"], phase["timesteps"]) == (2, "stratified")
     assert phase["timestep_logit_normal"] == [-0.5, 1.0]
     assert phase["optim"]["lr_scales"] == [["encoder.projection", 3.0]]
-    assert phase["optim"]["betas"] == [0.9, 0.95]
+    assert phase["optim"]["betas"] == [0.9, 0.95] and phase["optim"]["optimizer"] == "muon"
+    assert json.loads((out / "run.json").read_text())["model"]["encoder"]["empty_prompt_offset"] is True
 
 
 def test_a_run_killed_hard_after_a_checkpoint_resumes_to_the_same_weights_bit_for_bit(tmp_path, images, uninterrupted):
@@ -254,6 +256,10 @@ def test_with_ema_decay_each_phase_ends_with_the_ema_of_its_weights(tmp_path, im
     assert "ema_decay must be in [0, 1)" in capsys.readouterr().err
     assert main(train_args(tmp_path / "bad_betas", images, "--adam-betas", "0.9", "1", steps=2)) == 2
     assert "betas must be two numbers in [0, 1)" in capsys.readouterr().err
+    from_checkpoint = [a if a != "tiny" else str(plain / "final") for a in train_args(tmp_path / "o", images, steps=2)]
+    from_checkpoint[from_checkpoint.index("--preset")] = "--init"
+    assert main([*from_checkpoint, "--empty-prompt-offset"]) == 2
+    assert "--empty-prompt-offset shapes a new encoder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("layout", ["folder", "parquet"])

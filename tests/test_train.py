@@ -43,10 +43,12 @@ def _batches(images):
     return batches
 
 
-@pytest.mark.parametrize("stage", ["autoencoder", "captioner"])
-def test_a_restored_training_state_continues_bitwise(tiny_config, images, stage):
+@pytest.mark.parametrize(
+    "stage, optimizer", [("autoencoder", "adamw"), ("captioner", "adamw"), ("autoencoder", "muon")]
+)
+def test_a_restored_training_state_continues_bitwise(tiny_config, images, stage, optimizer):
     """Save the loop's state mid-run, continue in a fresh model and loop: the same weights as the uninterrupted run."""
-    cfg = OptimConfig(steps=8, lr=3e-3, warmup_steps=2, seed=3)
+    cfg = OptimConfig(steps=8, lr=3e-3, warmup_steps=2, seed=3, optimizer=optimizer)
     parts = STAGE1_PARTS if stage == "autoencoder" else PHASE_PARTS["encoder"]
 
     def trainer() -> Trainer:
@@ -423,3 +425,34 @@ def test_lr_scales_that_name_no_parameter_or_are_not_positive_are_refused(tiny_c
         Trainer(model.autoencoder(), OptimConfig(steps=1, lr_scales=(("encoder.projektion", 2.0),)))
     with pytest.raises(ValueError, match="must be positive"):
         OptimConfig(steps=1, lr_scales=(("encoder.queries", 0.0),))
+
+
+def test_muon_orthogonalises_the_step_of_weight_matrices_and_leaves_the_rest_to_adamw(tiny_config, images):
+    """Under Muon a weight matrix's first step is lr · 0.2 · sqrt(max(rows, cols)) × an orthogonalised gradient (most
+    singular values near 1; Newton-Schulz leaves the gradient's near-null directions small), not AdamW's lr · sign(grad)
+    (every entry the same size); the queries (learned inputs) and biases take
+    AdamW's step, lr · sign(grad). The record keeps the choice; AdamW's records read as before; a snapshot of the other
+    optimizer is refused."""
+    model = VLV(tiny_config)
+    model.set_trainable(["encoder.queries", "encoder.projection"])
+    composition = model.autoencoder()
+    cfg = OptimConfig(steps=4, lr=1e-3, weight_decay=0.0, optimizer="muon")
+    before = {n: p.detach().clone() for n, p in composition.named_parameters() if p.requires_grad}
+    trainer = Trainer(composition, cfg)
+    lr = cfg.lr * warmup_cosine(0, 4, 0)
+    trainer.train_step({"images": images})
+    moved = {n: p.detach() - before[n] for n, p in composition.named_parameters() if p.requires_grad}
+    for name in ("encoder.queries", "encoder.projection.0.bias"):
+        assert moved[name].abs().median().item() == pytest.approx(lr, rel=0.05), name
+    matrix = moved["encoder.projection.0.weight"]
+    singular = torch.linalg.svdvals(matrix / (lr * 0.2 * max(matrix.shape) ** 0.5))
+    assert singular.max() < 1.5 and (singular > 0.5).float().mean() > 0.8, singular
+    assert singular.max() / singular.median() < 1.5
+    assert matrix.abs().std() > 0.3 * matrix.abs().mean()
+    assert recipe_dict(AutoencoderRecipe(cfg))["optim"]["optimizer"] == "muon"
+    assert "optimizer" not in recipe_dict(AutoencoderRecipe(OptimConfig(steps=4)))["optim"]  # older records' form
+    adamw = Trainer(composition, dataclasses.replace(cfg, optimizer="adamw"))
+    with pytest.raises(ValueError, match="another optimizer"):
+        trainer.load_state_dict(adamw.state_dict())
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        OptimConfig(steps=1, optimizer="sgd")

@@ -57,9 +57,13 @@ class TextConditioner(nn.Module):
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """Text prompts → c: (B, 77, D), padded to the text encoder's length as the teacher was trained."""
+        return encode_embeddings(self.text_encoder, self.prompt_embeddings(prompts))
+
+    def prompt_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        """Text prompts → their token embeddings (B, 77, D), what z stands in for, padded as the teacher was trained."""
         length = self.text_encoder.config.max_position_embeddings
         ids = self.tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-        return encode_token_ids(self.text_encoder, ids.input_ids.to(self.text_encoder.device))
+        return self.text_encoder.embeddings.token_embedding(ids.input_ids.to(self.text_encoder.device))
 
     def save_pretrained(self, directory: str) -> None:
         """Write `text_encoder/` and `tokenizer/` of a diffusers pipeline folder."""

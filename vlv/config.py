@@ -43,6 +43,10 @@ class EncoderConfig:
     # Random init only (no `source`): draw the BART decoder's cross-attention at d_model^-1/2 rather than BART's 0.02,
     # so that z depends on the image from step 0 (`vlv.encoder.open_cross_attention`). False: plain BART init.
     open_cross_attention: bool = True
+    # z = φ(...) + the teacher's token embeddings of the empty prompt (a fixed buffer, saved with φ): at step 0 the
+    # teacher reads about the empty prompt rather than a random z far from its token embeddings
+    # (`vlv.encoder.PromptOffset`). False: z = φ(...), as the paper and the released checkpoint have it.
+    empty_prompt_offset: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,13 @@ class SampleOptions:
     guidance: float = 2.0  # classifier-free guidance scale; the unconditional branch is the empty prompt
     sampler: str = "dpm++"  # "dpm++" (DPM-Solver++, fast) or "ddpm" (as the official code)
     timestep_spacing: str = "trailing"  # how sampling steps spread over [0, T): "trailing" suits few steps
+    # CFG on this fraction of the steps, the first (noisiest) ones; the later ones run the conditional branch alone,
+    # at half the UNet batch (e.g. 0.7: 14 of 20 steps guided). 1.0: every step, as the paper.
+    guidance_interval: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.guidance_interval <= 1.0:
+            raise ValueError(f"guidance_interval must be in [0, 1] (a fraction of steps), got {self.guidance_interval}")
 
 
 @dataclass(frozen=True)

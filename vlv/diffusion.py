@@ -132,7 +132,8 @@ class DiffusionDecoder(nn.Module):
     ) -> torch.Tensor:
         """Classifier-free-guided sampling. c: (B, 77, D) → images (B, 3, S, S) in [0, 1].
 
-        uncond: (1, 77, D), the conditioning of the unconditional branch (the teacher's empty prompt).
+        uncond: (1, 77, D), the conditioning of the unconditional branch (the teacher's empty prompt). Steps after
+        the first `options.guidance_interval` of them run the conditional branch alone.
         """
         scheduler = self.make_sampler(options)
         scheduler.set_timesteps(options.steps, device=self.device)
@@ -142,10 +143,14 @@ class DiffusionDecoder(nn.Module):
         size = self.cfg.image_size // self.vae_scale
         x = torch.randn((B, channels, size, size), generator=generator, device=self.device, dtype=self.unet.dtype)
         x = x * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
-            inp = scheduler.scale_model_input(torch.cat([x, x]), t)
-            pred_uncond, pred_cond = self.unet(inp, t, encoder_hidden_states=cond).sample.chunk(2)
-            pred = pred_uncond + guidance * (pred_cond - pred_uncond)
+        guided = round(options.guidance_interval * len(scheduler.timesteps))  # the first, noisiest steps
+        for i, t in enumerate(scheduler.timesteps):
+            if i < guided:
+                inp = scheduler.scale_model_input(torch.cat([x, x]), t)
+                pred_uncond, pred_cond = self.unet(inp, t, encoder_hidden_states=cond).sample.chunk(2)
+                pred = pred_uncond + guidance * (pred_cond - pred_uncond)
+            else:  # the conditional branch alone
+                pred = self.unet(scheduler.scale_model_input(x, t), t, encoder_hidden_states=cond[B:]).sample
             x = scheduler.step(pred, t, x, generator=generator).prev_sample
         return self.decode_latents(x)
 

@@ -61,6 +61,22 @@ def resolve_prompt_ids(cfg: EncoderConfig) -> tuple[int, ...]:
     return tuple(tokenizer(cfg.task_prompt).input_ids)
 
 
+class PromptOffset(nn.Module):
+    """Adds fixed token embeddings to z: those of the teacher's empty prompt (`EncoderConfig.empty_prompt_offset`),
+    set once by `start_at`; a buffer saved with φ, so that a checkpoint needs no teacher to embed."""
+
+    def __init__(self, num_queries: int, z_dim: int):
+        super().__init__()
+        self.register_buffer("offset", torch.zeros(num_queries, z_dim))
+
+    def start_at(self, embeddings: torch.Tensor) -> None:
+        """embeddings: (≥ num_queries, z_dim) token embeddings; z starts at their first num_queries."""
+        self.offset.copy_(embeddings[: len(self.offset)])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z + self.offset
+
+
 class VLVEncoder(nn.Module):
     def __init__(self, cfg: EncoderConfig, florence: Florence2Model, prompt_ids: tuple[int, ...]):
         super().__init__()
@@ -70,6 +86,8 @@ class VLVEncoder(nn.Module):
         # Why 0.02: BART's own initializer range, so the queries look like ordinary decoder inputs at step 0.
         self.queries = nn.Parameter(torch.randn(cfg.num_queries, d_model) * 0.02)
         self.projection = nn.Sequential(nn.Linear(d_model, cfg.z_dim), nn.GELU(), nn.Linear(cfg.z_dim, cfg.z_dim))
+        if cfg.empty_prompt_offset:
+            self.projection.append(PromptOffset(cfg.num_queries, cfg.z_dim))  # projection.3.offset
         self.register_buffer("prompt_ids", torch.tensor(prompt_ids, dtype=torch.long), persistent=False)
         self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)

@@ -164,7 +164,10 @@ class VLV(nn.Module):
             self.config = dataclasses.replace(
                 cfg, encoder=dataclasses.replace(cfg.encoder, prompt_token_ids=tuple(prompt_ids) or None)
             )
-            return encoder.VLVEncoder(enc, florence, prompt_ids)
+            module = encoder.VLVEncoder(enc, florence, prompt_ids)
+            if enc.empty_prompt_offset and "encoder.projection" not in stored and self._anchor.device.type != "meta":
+                module.projection[-1].start_at(self.conditioner.prompt_embeddings([""])[0])  # a new φ: z starts there
+            return module
         if name in ("conditioner", "decoder"):
             teacher = dataclasses.replace(cfg.teacher, source=self.resolved_source("teacher"))
             build = build_text_conditioner if name == "conditioner" else build_diffusion_decoder

@@ -47,8 +47,16 @@ def sample_flags() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="sampling steps")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--sampler", choices=["dpm++", "ddpm"], default=None, help="sampling scheduler")
+    p.add_argument("--guidance-interval", type=float, default=None,
+                   help="guide the first fraction of the steps only, e.g. 0.7 (default 1: every step)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="sampling seed (of each batch's noise)")
     return p
+
+
+def sample_options(args: argparse.Namespace) -> dict:
+    """The `sample_flags` given, as `SampleOptions` overrides (None: the model's own)."""
+    names = ("steps", "guidance", "sampler", "guidance_interval")
+    return {name: getattr(args, name) for name in names}
 
 
 def generate_flags() -> argparse.ArgumentParser:
@@ -145,7 +153,7 @@ def reconstruct(args: argparse.Namespace) -> int:
     _one_process("reconstruct")
     paths = infer.list_inputs(args.images)
     model = vlv.load(args.model, device=args.device, stage1=args.stage1, **sources(args))
-    options = dict(steps=args.steps, guidance=args.guidance, sampler=args.sampler)
+    options = sample_options(args)
     failed = infer.reconstruct_files(
         model, paths, args.out, batch_size=args.batch_size, seed=args.seed, options=options
     )
@@ -164,7 +172,7 @@ def compose(args: argparse.Namespace) -> int:
         except ValueError:
             raise ValueError(f"--splits takes comma-separated integers, got {args.splits!r}") from None
     model = vlv.load(args.model, device=args.device, stage1=args.stage1, **sources(args))
-    options = dict(steps=args.steps, guidance=args.guidance, sampler=args.sampler)
+    options = sample_options(args)
     infer.compose_files(model, args.images, args.out, splits=splits, seed=args.seed, options=options)
     print(args.out)
     return 0

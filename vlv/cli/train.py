@@ -21,6 +21,7 @@ from vlv.captioner import LORA_EXTRA, LoraSettings
 from vlv.cli import source_flags, sources
 from vlv.compositions import TIMESTEPS
 from vlv.config import derive_seed
+from vlv.train.loop import OPTIMIZERS
 from vlv.train.recipes import PHASE_PARTS, preset_recipes
 from vlv.train.run import MIXED_PRECISION, PhaseSpec, RunConfig, train
 
@@ -37,6 +38,9 @@ def add_commands(sub) -> None:
     a.add_argument("--timestep-logit-normal", type=float, nargs=2, default=None, metavar=("MEAN", "STD"),
                    help="draw t/T from a logit-normal density (e.g. -0.5 1: more low-noise draws) instead of a "
                         "uniform one")  # fmt: skip
+    a.add_argument("--empty-prompt-offset", action="store_true",
+                   help="a new encoder's z starts at the teacher's empty prompt: z = φ(...) + its token embeddings "
+                        "(with --preset)")  # fmt: skip
     a.add_argument("--steps", type=int, default=None, help="optimizer steps")
     a.set_defaults(func=run_autoencoder)
     c = stages.add_parser("captioner", parents=[common], help="stage 2: ψ + LLM (+ BART) on image-caption pairs")
@@ -89,6 +93,9 @@ def _common_flags() -> argparse.ArgumentParser:
     p.add_argument("--grad-clip", type=float, default=None, help="gradient norm clip")
     p.add_argument("--adam-betas", type=float, nargs=2, default=None, metavar=("BETA1", "BETA2"),
                    help="AdamW's betas (default 0.9 0.99, the paper's)")  # fmt: skip
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help="adamw (default), or muon: Muon for the hidden layers' weight matrices at AdamW's step RMS, "
+                        "AdamW for the rest")  # fmt: skip
     p.add_argument("--lr-scale", nargs=2, action="append", default=None, metavar=("PREFIX", "FACTOR"),
                    help="parameters whose name starts with PREFIX (e.g. encoder.projection) train at FACTOR × the "
                         "learning rate; repeatable")  # fmt: skip
@@ -117,6 +124,7 @@ def _optim(optim, args, **extra):
                "grad_clip": args.grad_clip, "ema_decay": args.ema_decay,
                "betas": tuple(args.adam_betas) if args.adam_betas else None,
                "lr_scales": args.lr_scale,  # [[PREFIX, FACTOR], ...]: OptimConfig makes them (str, float) pairs
+               "optimizer": args.optimizer,
                **extra}  # fmt: skip
     return dataclasses.replace(optim, **{k: v for k, v in changes.items() if v is not None})
 
@@ -179,7 +187,12 @@ def _launch(args, acc, model, phases: list[PhaseSpec]) -> int:
 
 
 def run_autoencoder(args) -> int:
+    if args.empty_prompt_offset and args.init is not None:
+        raise ValueError("--empty-prompt-offset shapes a new encoder: use it with --preset, not --init")
     acc, model, name = _start(args)
+    if args.empty_prompt_offset:  # before the encoder is built (parts are built when first used)
+        encoder = dataclasses.replace(model.config.encoder, empty_prompt_offset=True)
+        model.config = dataclasses.replace(model.config, encoder=encoder)
     recipe, _ = preset_recipes(name)
     steps = args.steps if args.steps is not None else recipe.optim.steps
     seed = args.seed if args.seed is not None else recipe.optim.seed

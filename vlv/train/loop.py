@@ -48,6 +48,9 @@ class OptimConfig:
     # (name prefix, factor) pairs: trained parameters whose name starts with the prefix run at factor × the schedule's
     # learning rate (the first matching prefix wins; e.g. (("encoder.projection", 5.0),)). Empty: one learning rate.
     lr_scales: tuple[tuple[str, float], ...] = ()
+    # "adamw", or "muon": Muon (orthogonalised momentum, its step size matched to AdamW's RMS so that `lr` carries
+    # over) for the weight matrices of hidden layers, AdamW for the rest (see `muon_param`)
+    optimizer: str = "adamw"
 
     def __post_init__(self):
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
@@ -57,6 +60,8 @@ class OptimConfig:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1) (e.g. 0.9 0.99), got {self.betas}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer '{self.optimizer}'; choose one of {OPTIMIZERS}")
         bad = [(prefix, f) for prefix, f in self.lr_scales if not f > 0]
         if bad:
             raise ValueError(f"lr_scales factors must be positive, got {bad}")
@@ -68,7 +73,62 @@ class OptimConfig:
 
 # Fields added after records were first written, left out while unset: such a recipe reads as it did before (a
 # cached run keyed by its recipe stays valid).
-UNSET_OMITTED = {"lr_scales": []}
+UNSET_OMITTED = {"lr_scales": [], "optimizer": "adamw"}
+OPTIMIZERS = ("adamw", "muon")
+# 2-D parameters that are tables or learned inputs, not weight matrices of a layer: AdamW trains them under Muon too
+NOT_MATRICES = ("embed", "shared", "queries")
+
+
+def muon_param(name: str, p: nn.Parameter) -> bool:
+    """Whether Muon trains this parameter: the weight matrix of a hidden layer (2-D and not an embedding table or
+    the learned queries). Biases, norms, convolutions and embeddings stay with AdamW."""
+    return p.ndim == 2 and not any(part in name for part in NOT_MATRICES)
+
+
+class Optimizers:
+    """Several optimizers over disjoint parameters, stepped as one (their groups, state and snapshot together)."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]):
+        self.parts = parts
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for part in self.parts for group in part.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()
+
+    def state_dict(self) -> dict:
+        return {"parts": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state.get("parts", ())) != len(self.parts):
+            raise ValueError("optimizer state was saved with another optimizer (see OptimConfig.optimizer)")
+        for part, saved in zip(self.parts, state["parts"], strict=True):
+            part.load_state_dict(saved)
+
+
+def build_optimizer(params: dict[str, nn.Parameter], cfg: OptimConfig):
+    """AdamW over `params` in one group per learning-rate scale, or (`cfg.optimizer == "muon"`) Muon over the hidden
+    layers' weight matrices and AdamW over the rest (`Optimizers`)."""
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, p in params.items():
+        groups.setdefault((cfg.optimizer == "muon" and muon_param(name, p), cfg.lr_scale(name)), []).append(p)
+
+    def part(muon: bool) -> torch.optim.Optimizer:
+        chosen = [{"params": ps, "lr_scale": scale} for (m, scale), ps in groups.items() if m == muon]
+        if not muon:
+            return torch.optim.AdamW(chosen, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return torch.optim.Muon(chosen, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
+
+    if cfg.optimizer == "adamw":
+        return part(False)
+    return Optimizers([part(muon) for muon in (True, False) if any(m == muon for m, _ in groups)])
 
 
 def recipe_dict(recipe) -> dict:
@@ -148,17 +208,11 @@ class Trainer:
         if unmatched:
             raise ValueError(f"{desc}: lr_scales prefixes {unmatched} match no parameter of the model "
                              f"(e.g. {', '.join(sorted(self.params)[:3])})")  # fmt: skip
-        groups: dict[float, list[nn.Parameter]] = {}
-        for name, p in self.params.items():
-            groups.setdefault(cfg.lr_scale(name), []).append(p)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": ps, "lr_scale": scale} for scale, ps in groups.items()],
-            lr=cfg.lr,
-            betas=cfg.betas,
-            weight_decay=cfg.weight_decay,
-        )
+        self.optimizer = build_optimizer(self.params, cfg)
         self.model = model
-        if accelerator is not None:
+        if accelerator is not None and isinstance(self.optimizer, Optimizers):
+            self.model, *self.optimizer.parts = accelerator.prepare(model, *self.optimizer.parts)
+        elif accelerator is not None:
             self.model, self.optimizer = accelerator.prepare(model, self.optimizer)
         self.ema = {n: p.detach().clone() for n, p in self.params.items()} if cfg.ema_decay is not None else None
         self.step = 0
