@@ -115,7 +115,8 @@ def ours_variants() -> list[Run]:
     noises per render (cosine over 1,200: the render segment of `vlv demo --from-scratch`) and with 1 (cosine over
     2,400). `ours_clip1`: ours with β2 0.95 and the clip at 1.0, and its screens: β2 at 0.9, gradient clipping at 0.5
     / 0.25 / 0.1 (this one is ours). Screens of ours: the clip at 0.03, the peak lr at 1e-3 and 4e-4, the EMA at 0.9,
-    β1 at 0.95, the vision tower at half the lr."""
+    β1 at 0.95, the vision tower at half the lr, Muon for the hidden layers' weight matrices (`--optimizer muon`), z
+    starting at the teacher's empty prompt (`--empty-prompt-offset`)."""
     return [
         Run("ours_cosine800", _ours_with(steps=800)),
         Run("ours_cosine3200", _ours_with(steps=3200)),
