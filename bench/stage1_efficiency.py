@@ -115,8 +115,8 @@ def ours_variants() -> list[Run]:
     noises per render (cosine over 1,200: the render segment of `vlv demo --from-scratch`) and with 1 (cosine over
     2,400). `ours_clip1`: ours with β2 0.95 and the clip at 1.0, and its screens: β2 at 0.9, gradient clipping at 0.5
     / 0.25 / 0.1 (this one is ours). Screens of ours: the clip at 0.03, the peak lr at 1e-3 and 4e-4, the EMA at 0.9,
-    β1 at 0.95, the vision tower at half the lr, Muon for the hidden layers' weight matrices (`--optimizer muon`), z
-    starting at the teacher's empty prompt (`--empty-prompt-offset`)."""
+    β1 at 0.95, the vision tower at half and at a quarter of the lr, Muon for the hidden layers' weight matrices
+    (`--optimizer muon`), z starting at the teacher's empty prompt (`--empty-prompt-offset`)."""
     return [
         Run("ours_cosine800", _ours_with(steps=800)),
         Run("ours_cosine3200", _ours_with(steps=3200)),
@@ -133,6 +133,7 @@ def ours_variants() -> list[Run]:
         *(Run(f"ours_clip{clip:g}", _ours_with(betas=OURS_BETAS, grad_clip=clip)) for clip in (0.5, 0.25, 0.1)),
         Run("ours_clip0.1_lr1e-3", _ours_now(lr=1e-3)),
         Run("ours_vision_lr0.5x", _ours_now(lr_scales=tuple((p, 0.5) for p in VISION_PARTS))),
+        Run("ours_vision_lr0.25x", _ours_now(lr_scales=tuple((p, 0.25) for p in VISION_PARTS))),
         Run("ours_beta1_0.95", _ours_now(betas=(0.95, 0.95))),
         Run("ours_ema0.9", _ours_now(ema_decay=0.9)),
         Run("ours_clip0.1_lr4e-4", _ours_now(lr=4e-4)),
