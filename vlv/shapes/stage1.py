@@ -81,9 +81,10 @@ def two_segments(
 # stratified timesteps and the EMA (the bench's `former_ours`, whose lr is 6e-4), 400 steps on renders, then 900 with
 # 24 composition triples per step at lr 1e-3. Composition is what needs the steps (the demo's 100 pairs, bar 0.70;
 # `python -m bench.composition_segment`): with 650 composition steps it was 0.73, 0.32 and 0.44 on three machines
-# (each CPU trains its own stage 1); with 900, 0.87 and 0.77 on two; with 200 + 850 steps 0.42; with 40 triples per
-# step over 500 steps 0.29; at lr 2e-3 the caption gain fell. With 300 + 380 steps (renders at lr 6e-4) every bar was
-# missed; with 12 triples per step composition stayed at 0.36.
+# (each CPU trains its own stage 1); with 900, 0.87 and 0.77 on two, and 0.52 / 0.73 on seeds 1 / 2 of the second
+# (not robust yet); with 200 + 850 steps 0.42; with 40 triples per step over 500 steps 0.29; at lr 2e-3 the caption
+# gain fell. With 300 + 380 steps (renders at lr 6e-4) every bar was missed; with 12 triples per step composition
+# stayed at 0.36.
 STAGE1_COMMITTED = two_segments(2000, 3500, 12)
 STAGE1_FROM_SCRATCH = two_segments(400, 900, 24, compose_lr=1e-3, fast=True, noises=2)
 
