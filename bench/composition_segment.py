@@ -20,13 +20,12 @@ import json
 import time
 from pathlib import Path
 
-from vlv.config import derive_seed
 from vlv.model import VLV
 from vlv.shapes import preset
 from vlv.shapes.demo import DemoConfig, composition_seed
 from vlv.shapes.evaluate import evaluate_composition
 from vlv.shapes.reader import load_reader
-from vlv.shapes.stage1 import STAGE1_FROM_SCRATCH, Stage1Probe, Stage1Recipe, segment, stage1_batches
+from vlv.shapes.stage1 import STAGE1_FROM_SCRATCH, Stage1Probe, Stage1Recipe, seeded, stage1_batches
 from vlv.train.recipes import train_autoencoder
 
 
@@ -37,21 +36,21 @@ def renders_only(seed: int, steps: int, work: Path) -> Path:
         plain = STAGE1_FROM_SCRATCH.plain
         plain = dataclasses.replace(plain, optim=dataclasses.replace(plain.optim, steps=steps))
         recipe = Stage1Recipe(plain, None, 0, seed)
-        seg = dataclasses.replace(plain, optim=dataclasses.replace(plain.optim, seed=derive_seed(seed, "plain")))
         model = VLV(preset.config(seed=seed))
-        train_autoencoder(model, stage1_batches(recipe, compose=False), seg, log_every=10**9)
+        train_autoencoder(model, stage1_batches(recipe, compose=False), seeded(plain, seed, "plain"), log_every=10**9)
         model.save_pretrained(out)
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=STAGE1_FROM_SCRATCH.compose.optim.steps, help="composition steps")
-    p.add_argument("--renders", type=int, default=24, help="renders per step")
-    p.add_argument("--pairs", type=int, default=24, help="composite triples per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak lr of the composition segment")
+    recipe = STAGE1_FROM_SCRATCH
+    p.add_argument("--steps", type=int, default=recipe.compose.optim.steps, help="composition steps")
+    p.add_argument("--renders", type=int, default=recipe.compose.batch_size, help="renders per step")
+    p.add_argument("--pairs", type=int, default=recipe.composition_pairs, help="composite triples per step")
+    p.add_argument("--lr", type=float, default=recipe.compose.optim.lr, help="peak lr of the composition segment")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--plain-steps", type=int, default=STAGE1_FROM_SCRATCH.plain.optim.steps)
+    p.add_argument("--plain-steps", type=int, default=recipe.plain.optim.steps)
     p.add_argument("--work", default="runs/composition", help="where the shared renders-only segment is kept")
     p.add_argument("--json", default=None, help="write the result here")
     args = p.parse_args()
@@ -60,9 +59,9 @@ def main() -> None:
     start = renders_only(args.seed, args.plain_steps, Path(args.work))
     model = VLV.from_pretrained(start, teacher=config.teacher.source, seed=args.seed)
     probe = Stage1Probe(model, args.seed)
-    compose = segment(args.steps, args.renders, args.lr, fast=True, noises=2)
-    recipe = Stage1Recipe(STAGE1_FROM_SCRATCH.plain, compose, args.pairs, args.seed)
-    seg = dataclasses.replace(compose, optim=dataclasses.replace(compose.optim, seed=derive_seed(args.seed, "compose")))
+    optim = dataclasses.replace(recipe.compose.optim, steps=args.steps, lr=args.lr)
+    compose = dataclasses.replace(recipe.compose, optim=optim, batch_size=args.renders)
+    recipe = dataclasses.replace(recipe, compose=compose, composition_pairs=args.pairs, seed=args.seed)
     log = [{"step": 0, **probe(model.eval())}]
     t0 = time.perf_counter()
 
@@ -70,6 +69,7 @@ def main() -> None:
         entry.update(probe(model.eval()))
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()}), flush=True)
 
+    seg = seeded(compose, args.seed, "compose")
     log += train_autoencoder(model, stage1_batches(recipe, compose=True), seg, log_every=100, on_log=on_log)
     seconds = time.perf_counter() - t0
     demo = dataclasses.replace(DemoConfig.full(from_scratch=True), seed=args.seed)  # the demo's own 100 pairs

@@ -140,6 +140,11 @@ def stage1_batches(recipe: Stage1Recipe, *, compose: bool, size: int = 16):
     return batches
 
 
+def seeded(seg: AutoencoderRecipe, seed: int, name: str) -> AutoencoderRecipe:
+    """`seg` with its own optimizer seed, as `run_stage1` runs the segment `name` ("plain" or "compose")."""
+    return dataclasses.replace(seg, optim=dataclasses.replace(seg.optim, seed=derive_seed(seed, name)))
+
+
 def run_stage1(model: VLV, recipe: Stage1Recipe, *, log_points: int = 8) -> list[dict]:
     """Stage 1 on unpaired training-split renders only (no captions are read); logs the held-out probe."""
     probe = Stage1Probe(model, recipe.seed)
@@ -156,8 +161,7 @@ def run_stage1(model: VLV, recipe: Stage1Recipe, *, log_points: int = 8) -> list
             entry.update(step=entry["step"] + offset, segment="compose" if compose else "plain")
             tqdm.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()}))
 
-        name = "compose" if compose else "plain"
-        seg = dataclasses.replace(seg, optim=dataclasses.replace(seg.optim, seed=derive_seed(recipe.seed, name)))
+        seg = seeded(seg, recipe.seed, "compose" if compose else "plain")
         log += train_autoencoder(model, stage1_batches(recipe, compose=compose, size=size), seg,
                                  log_every=log_every, on_log=on_log)  # fmt: skip
     return log
