@@ -20,21 +20,33 @@ import json
 import time
 from pathlib import Path
 
+from bench.stage1_efficiency import OURS_BETAS, OURS_CLIP
 from vlv.model import VLV
 from vlv.shapes import preset
 from vlv.shapes.demo import DemoConfig, composition_seed
 from vlv.shapes.evaluate import evaluate_composition
 from vlv.shapes.reader import load_reader
 from vlv.shapes.stage1 import STAGE1_FROM_SCRATCH, Stage1Probe, Stage1Recipe, seeded, stage1_batches
-from vlv.train.recipes import train_autoencoder
+from vlv.train.recipes import AutoencoderRecipe, train_autoencoder
 
 
-def renders_only(seed: int, steps: int, work: Path) -> Path:
-    """The shared first segment: trained once per (seed, steps), then loaded."""
-    out = work / f"plain_s{seed}_{steps}"
+def ours_optim(seg: AutoencoderRecipe) -> AutoencoderRecipe:
+    """`seg` with the stage-1 efficiency case's `ours` settings: AdamW's β2 at 0.95, the gradient clipped at 0.1,
+    the EMA at 0.95, t/T from a logit-normal density (mean −0.5, std 1)."""
+    optim = dataclasses.replace(seg.optim, betas=OURS_BETAS, grad_clip=OURS_CLIP, ema_decay=0.95)
+    return dataclasses.replace(seg, optim=optim, timestep_logit_normal=(-0.5, 1.0))
+
+
+def renders_only(seed: int, steps: int, work: Path, *, ours: bool = False, lr: float | None = None) -> Path:
+    """The shared first segment: trained once per (seed, steps, optimizer settings), then loaded."""
+    plain = STAGE1_FROM_SCRATCH.plain
+    name = f"plain_s{seed}_{steps}" + (f"_lr{lr:g}" if lr else "") + ("_ours" if ours else "")
+    lr = lr or plain.optim.lr
+    plain = dataclasses.replace(plain, optim=dataclasses.replace(plain.optim, steps=steps, lr=lr))
+    if ours:
+        plain = ours_optim(plain)
+    out = work / name
     if not (out / "config.json").exists():
-        plain = STAGE1_FROM_SCRATCH.plain
-        plain = dataclasses.replace(plain, optim=dataclasses.replace(plain.optim, steps=steps))
         recipe = Stage1Recipe(plain, None, 0, seed)
         model = VLV(preset.config(seed=seed))
         train_autoencoder(model, stage1_batches(recipe, compose=False), seeded(plain, seed, "plain"), log_every=10**9)
@@ -51,16 +63,24 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=recipe.compose.optim.lr, help="peak lr of the composition segment")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plain-steps", type=int, default=recipe.plain.optim.steps)
+    p.add_argument(
+        "--ours-optim",
+        action="store_true",
+        help="both segments with the efficiency case's ours settings (β2 0.95, clip 0.1, EMA 0.95, logit-normal t)",
+    )
+    p.add_argument("--plain-lr", type=float, default=None, help="peak lr of the renders-only segment")
     p.add_argument("--work", default="runs/composition", help="where the shared renders-only segment is kept")
     p.add_argument("--json", default=None, help="write the result here")
     args = p.parse_args()
 
     config = preset.config(seed=args.seed)
-    start = renders_only(args.seed, args.plain_steps, Path(args.work))
+    start = renders_only(args.seed, args.plain_steps, Path(args.work), ours=args.ours_optim, lr=args.plain_lr)
     model = VLV.from_pretrained(start, teacher=config.teacher.source, seed=args.seed)
     probe = Stage1Probe(model, args.seed)
     optim = dataclasses.replace(recipe.compose.optim, steps=args.steps, lr=args.lr)
     compose = dataclasses.replace(recipe.compose, optim=optim, batch_size=args.renders)
+    if args.ours_optim:
+        compose = ours_optim(compose)
     recipe = dataclasses.replace(recipe, compose=compose, composition_pairs=args.pairs, seed=args.seed)
     log = [{"step": 0, **probe(model.eval())}]
     t0 = time.perf_counter()

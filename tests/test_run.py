@@ -130,13 +130,14 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, im
 
 
 @pytest.mark.skipif(not (BIN / "accelerate").exists(), reason="accelerate's launcher is not installed")
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, images):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])  # muon: two optimizers, each prepared by accelerate
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, images, optimizer):
     one, two = tmp_path / "one", tmp_path / "two"
-    args = train_args(one, images, "--batch-size", "8", steps=4)
-    subprocess.run([BIN / "vlv", *args], env=ENV, check=True, capture_output=True)
+    flags = ("--batch-size", "8", "--optimizer", optimizer)
+    subprocess.run([BIN / "vlv", *train_args(one, images, *flags, steps=4)], env=ENV, check=True, capture_output=True)
     launch = [BIN / "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vlv"]  # fmt: skip
-    result = subprocess.run([*launch, *train_args(two, images, "--batch-size", "8", steps=4)], env=ENV,
+    result = subprocess.run([*launch, *train_args(two, images, *flags, steps=4)], env=ENV,
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((two / "run.json").read_text())["processes"] == 2

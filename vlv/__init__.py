@@ -8,8 +8,9 @@ distilling a frozen text-to-image diffusion model, then caption, reconstruct and
     m.reconstruct(images, steps=50, guidance=2.0, seed=0)
 """
 
+from vlv.api import load
 from vlv.config import GenerateOptions, SampleOptions, VLVConfig
-from vlv.model import VLV, compose_embeddings, load
+from vlv.model import VLV, compose_embeddings
 from vlv.presets import preset
 
 __all__ = ["VLV", "VLVConfig", "GenerateOptions", "SampleOptions", "compose_embeddings", "load", "preset"]
