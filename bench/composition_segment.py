@@ -20,21 +20,30 @@ import json
 import time
 from pathlib import Path
 
-from bench.stage1_efficiency import OURS_BETAS, OURS_CLIP
 from vlv.model import VLV
 from vlv.shapes import preset
 from vlv.shapes.demo import DemoConfig, composition_seed
 from vlv.shapes.evaluate import evaluate_composition
 from vlv.shapes.reader import load_reader
-from vlv.shapes.stage1 import STAGE1_FROM_SCRATCH, Stage1Probe, Stage1Recipe, seeded, stage1_batches
+from vlv.shapes.stage1 import (
+    STAGE1_FROM_SCRATCH,
+    TUNED_BETAS,
+    TUNED_CLIP,
+    TUNED_DENSITY,
+    TUNED_EMA,
+    Stage1Probe,
+    Stage1Recipe,
+    seeded,
+    stage1_batches,
+)
 from vlv.train.recipes import AutoencoderRecipe, train_autoencoder
 
 
 def ours_optim(seg: AutoencoderRecipe) -> AutoencoderRecipe:
     """`seg` with the stage-1 efficiency case's `ours` settings: AdamW's β2 at 0.95, the gradient clipped at 0.1,
     the EMA at 0.95, t/T from a logit-normal density (mean −0.5, std 1)."""
-    optim = dataclasses.replace(seg.optim, betas=OURS_BETAS, grad_clip=OURS_CLIP, ema_decay=0.95)
-    return dataclasses.replace(seg, optim=optim, timestep_logit_normal=(-0.5, 1.0))
+    optim = dataclasses.replace(seg.optim, betas=TUNED_BETAS, grad_clip=TUNED_CLIP, ema_decay=TUNED_EMA)
+    return dataclasses.replace(seg, optim=optim, timestep_logit_normal=TUNED_DENSITY)
 
 
 def renders_only(seed: int, steps: int, work: Path, *, ours: bool = False, lr: float | None = None) -> Path:

@@ -52,14 +52,30 @@ class Stage1Recipe:
         return plain + self.compose.optim.steps * (self.compose.batch_size + 3 * self.composition_pairs)
 
 
-def segment(steps: int, batch_size: int, lr: float, *, fast: bool = False, noises: int = 4) -> AutoencoderRecipe:
+# The stage-1 efficiency case's `ours` optimizer settings (`python -m bench --case stage1-efficiency`; why each one:
+# `bench.stage1_efficiency.ours_run`): AdamW's β2, the gradient-norm clip, the EMA decay, and the logit-normal
+# density (mean, std) of t/T.
+TUNED_BETAS = (0.9, 0.95)
+TUNED_CLIP = 0.1
+TUNED_EMA = 0.95
+TUNED_DENSITY = (-0.5, 1.0)
+
+
+def segment(
+    steps: int, batch_size: int, lr: float, *, fast: bool = False, noises: int = 4, tuned: bool = False
+) -> AutoencoderRecipe:
     """One stage-1 segment: `noises` noisy copies per image, 50 warmup steps then cosine to zero. fast: each image's
     copies at stratified timesteps, and the EMA of the weights (decay 0.99) as the result (with today's encoder init
     and 2 copies per image, over 3.5× less compute to 0.90 of the caption's gain than the committed encoder's recipe:
-    `python -m bench --case stage1-efficiency`)."""
-    optim = OptimConfig(steps=steps, lr=lr, warmup_steps=50, ema_decay=0.99 if fast else None)
+    `python -m bench --case stage1-efficiency`). tuned (implies fast): the efficiency case's `ours` settings —
+    AdamW's β2 at 0.95, the gradient clipped at norm 0.1, the EMA at 0.95, t/T from a logit-normal density."""
+    fast = fast or tuned
+    tuning = {"betas": TUNED_BETAS, "grad_clip": TUNED_CLIP} if tuned else {}
+    ema = (TUNED_EMA if tuned else 0.99) if fast else None
+    optim = OptimConfig(steps=steps, lr=lr, warmup_steps=50, ema_decay=ema, **tuning)
     timesteps = "stratified" if fast else "uniform"
-    return AutoencoderRecipe(optim, batch_size, STAGE1_PARTS, noises_per_image=noises, timesteps=timesteps)
+    density = TUNED_DENSITY if tuned else None
+    return AutoencoderRecipe(optim, batch_size, STAGE1_PARTS, noises, timesteps, density)
 
 
 def two_segments(
@@ -68,11 +84,13 @@ def two_segments(
     composition_pairs: int,
     compose_lr: float = 3e-4,
     *,
+    plain_lr: float = 1e-3,
     fast: bool = False,
     noises: int = 4,
+    tuned: bool = False,
 ) -> Stage1Recipe:
-    plain = segment(plain_steps, 32, 1e-3, fast=fast, noises=noises)
-    compose = segment(compose_steps, 24, compose_lr, fast=fast, noises=noises)
+    plain = segment(plain_steps, 32, plain_lr, fast=fast, noises=noises, tuned=tuned)
+    compose = segment(compose_steps, 24, compose_lr, fast=fast, noises=noises, tuned=tuned)
     return Stage1Recipe(plain, compose, composition_pairs)
 
 
