@@ -1,5 +1,6 @@
 """`vlv demo --quick`: the whole method at smoke size against the committed teacher, with its own thresholds."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import vlv
+from bench.stage1_efficiency import ours_run
 from vlv.checkpoint import read_training
 from vlv.cli import main
 from vlv.loading import CheckpointMismatchError
@@ -15,7 +17,14 @@ from vlv.model import VLV
 from vlv.shapes import preset
 from vlv.shapes.demo import DemoConfig, heldout_scenes
 from vlv.shapes.evaluate import evaluate_captions
-from vlv.shapes.stage1 import STAGE1_COMMITTED, Stage1Probe, obtain_stage1, recipe_of
+from vlv.shapes.stage1 import (
+    STAGE1_COMMITTED,
+    STAGE1_FROM_SCRATCH,
+    Stage1Probe,
+    obtain_stage1,
+    recipe_of,
+    stage1_record,
+)
 
 KEYS = {
     "teacher_attribute_accuracy",
@@ -170,6 +179,19 @@ def test_committed_encoder_loads_and_reproduces_its_record():
     assert last["recovered"] >= 0.85  # z recovers most of what the true caption gives the teacher
     assert probe["loss_composed"] == pytest.approx(last["loss_composed"], rel=1e-4)
     assert last["composition_recovered"] >= 0.85  # so does the spliced z of two images, for their union
+
+
+def test_from_scratch_stage1_is_the_efficiency_cases_ours_and_reads_back_from_its_record():
+    """`vlv demo --from-scratch` reuses its cached stage 1 only when the record reads back as the same recipe."""
+    plain, compose = STAGE1_FROM_SCRATCH.plain, STAGE1_FROM_SCRATCH.compose
+    ours = ours_run().recipe  # the bench's measured recipe: the renders segment is it, shortened
+    assert plain == dataclasses.replace(ours, optim=dataclasses.replace(ours.optim, steps=400))
+    assert (ours.optim.betas, ours.optim.grad_clip, ours.optim.ema_decay) == ((0.9, 0.95), 0.1, 0.95)
+    assert (ours.noises_per_image, ours.timesteps, ours.timestep_logit_normal) == (2, "stratified", (-0.5, 1.0))
+    assert compose.optim == dataclasses.replace(ours.optim, steps=900, lr=1e-3)
+    record = json.loads(json.dumps(stage1_record(STAGE1_FROM_SCRATCH, "teacher")))
+    assert record == stage1_record(STAGE1_FROM_SCRATCH, "teacher")  # the cache check compares these
+    assert recipe_of(record) == STAGE1_FROM_SCRATCH
 
 
 def test_eval_shapes_scores_a_model_and_a_baseline(tmp_path):
