@@ -98,7 +98,7 @@ def two_segments(
 # an encoder that sees the image from step 0 (`vlv.encoder.open_cross_attention`), 2 noisy copies per render with the
 # efficiency case's tuned settings (its `ours`), 400 steps on renders at lr 6e-4, then 900 with 24 composition
 # triples per step at lr 1e-3. Composition is what needs the steps (the demo's 100 pairs, bar 0.70; `python -m
-# bench.composition_segment`): tuned, 0.92 / 0.72 / 0.77 on seeds 0 / 1 / 2 (seed 1 on another machine); untuned
+# bench.composition_segment`): tuned, 0.92 / 0.76 / 0.77 on seeds 0 / 1 / 2 (0.72 on seed 1 of another machine); untuned
 # (β2 0.99, clip 1, EMA 0.99, uniform stratified t, renders at lr 1e-3) 0.77 / 0.52 / 0.73, and with 650
 # composition steps 0.73, 0.32 and 0.44 on three machines (each CPU trains its own stage 1); with 200 + 850 steps
 # 0.42; with 40 triples per step over 500 steps 0.29; at lr 2e-3 the caption gain fell; with 12 triples per step
