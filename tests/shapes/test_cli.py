@@ -1,5 +1,6 @@
 """The commands that produced the committed assets, at smoke size: what they write loads back as it should."""
 
+import dataclasses
 import json
 
 import torch
@@ -9,7 +10,7 @@ from vlv.checkpoint import read_training
 from vlv.cli import main
 from vlv.diffusion import build_diffusion_decoder
 from vlv.shapes import preset
-from vlv.shapes.stage1 import recipe_of
+from vlv.shapes.stage1 import STAGE1_FROM_SCRATCH, recipe_of
 
 
 def test_train_encoder_writes_a_stage1_checkpoint(tmp_path, capsys):
@@ -26,6 +27,17 @@ def test_train_encoder_writes_a_stage1_checkpoint(tmp_path, capsys):
     assert config["weights"] == sorted(preset.STAGE1_PARTS)  # the encoder only: no caption decoder was built
     assert model.resolved_source("teacher") == preset.TEACHER
     assert model.embed(torch.rand(1, 3, 16, 16)).shape == (1, 77, 128)
+    assert recipe.plain.optim.betas == (0.9, 0.99)  # the committed encoder's recipe: untuned
+
+
+def test_train_encoder_takes_the_from_scratch_recipe_and_its_defaults(tmp_path):
+    out = tmp_path / "encoder"
+    args = ["shapes", "train-encoder", "--recipe", "from-scratch", "--out", str(out), "--steps", "2"]
+    assert main([*args, "--compose-steps", "0"]) == 0
+    recipe = recipe_of(read_training(out))
+    assert recipe.compose is None and recipe.plain == dataclasses.replace(
+        STAGE1_FROM_SCRATCH.plain, optim=dataclasses.replace(STAGE1_FROM_SCRATCH.plain.optim, steps=2)
+    )
 
 
 def test_train_teacher_writes_a_diffusers_teacher(tmp_path):

@@ -35,18 +35,27 @@ def add_commands(sub) -> None:
 
     p = shapes.add_parser("train-encoder", help="train the demo's stage-1 encoder on renders only (no captions)")
     p.add_argument("--out", default="runs/shapes_encoder", help="output folder (a VLV checkpoint)")
-    p.add_argument("--steps", type=int, default=2000, help="steps on renders only (32 per step)")
+    p.add_argument(
+        "--recipe",
+        choices=("committed", "from-scratch"),
+        default="committed",
+        help="committed: the committed encoder's (2,000 + 3,500 steps); from-scratch: `vlv demo --from-scratch`'s "
+        "(400 + 900 steps with the stage-1 efficiency case's tuned optimizer settings)",
+    )
+    p.add_argument("--steps", type=int, default=None, help="steps on renders only (32 per step; default: the recipe's)")
     p.add_argument(
         "--compose-steps",
         type=int,
-        default=3500,
-        help="then steps with the composition term (24 renders + the composite triples each); 0 = none",
+        default=None,
+        help="then steps with the composition term (24 renders + the composite triples each); 0 = none "
+        "(default: the recipe's)",
     )
     p.add_argument(
         "--composition-pairs",
         type=int,
-        default=12,
-        help="composite triples (a, b, a ∪ b) per step; 0 = the second segment without the composition term",
+        default=None,
+        help="composite triples (a, b, a ∪ b) per step; 0 = the second segment without the composition term "
+        "(default: the recipe's)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data and noise")
     p.add_argument("--teacher", default=None, help="diffusers folder of a shapes teacher (default: the committed one)")
@@ -112,11 +121,16 @@ def train_teacher(args: argparse.Namespace) -> int:
 
 def train_encoder(args: argparse.Namespace) -> int:
     from vlv.model import VLV
+    from vlv.shapes.stage1 import STAGE1_COMMITTED, STAGE1_FROM_SCRATCH, Stage1Recipe
     from vlv.shapes.stage1 import train_encoder as train
-    from vlv.shapes.stage1 import two_segments
 
-    recipe = two_segments(args.steps, args.compose_steps, args.composition_pairs)
-    recipe = dataclasses.replace(recipe, compose=recipe.compose if args.compose_steps else None, seed=args.seed)
+    def steps(seg, n: int | None):
+        return seg if n is None else dataclasses.replace(seg, optim=dataclasses.replace(seg.optim, steps=n))
+
+    base = STAGE1_FROM_SCRATCH if args.recipe == "from-scratch" else STAGE1_COMMITTED
+    pairs = base.composition_pairs if args.composition_pairs is None else args.composition_pairs
+    compose = steps(base.compose, args.compose_steps)
+    recipe = Stage1Recipe(steps(base.plain, args.steps), compose if compose.optim.steps else None, pairs, args.seed)
     record = train(VLV(preset.config(teacher=args.teacher or preset.TEACHER, seed=args.seed)), recipe, Path(args.out))
     last = record["log"][-1]
     print(
