@@ -115,7 +115,8 @@ def ours_variants() -> list[Run]:
     2,400). `ours_clip1`: ours with β2 0.95 and the clip at 1.0, and its screens: β2 at 0.9, gradient clipping at 0.5
     / 0.25 / 0.1 (this one is ours). Screens of ours: the clip at 0.03, the peak lr at 1e-3 and 4e-4, the EMA at 0.9,
     β1 at 0.95, the vision tower at half and at a quarter of the lr, Muon for the hidden layers' weight matrices
-    (`--optimizer muon`), z starting at the teacher's empty prompt (`--empty-prompt-offset`)."""
+    (`--optimizer muon`), z starting at the teacher's empty prompt (`--empty-prompt-offset`), and that with the vision
+    tower at half the lr."""
     return [
         Run("ours_cosine800", _ours_with(steps=800)),
         Run("ours_cosine3200", _ours_with(steps=3200)),
@@ -139,6 +140,7 @@ def ours_variants() -> list[Run]:
         Run("ours_clip0.03", _ours_now(grad_clip=0.03)),
         Run("ours_muon", _ours_now(optimizer="muon")),
         Run("ours_z0", _ours_now(), z_offset=True),
+        Run("ours_z0_vision_lr0.5x", _ours_now(lr_scales=tuple((p, 0.5) for p in VISION_PARTS)), z_offset=True),
         Run("ours_logit_normal-1", _ours_with({"timestep_logit_normal": (-1.0, 1.0)})),
         Run("ours_z_scale0.25", _ours_with(), z_init_scale=0.25),
         Run("ours_z_scale2", _ours_with(), z_init_scale=2.0),
