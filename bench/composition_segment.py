@@ -26,7 +26,15 @@ from vlv.shapes import preset
 from vlv.shapes.demo import DemoConfig, composition_seed
 from vlv.shapes.evaluate import evaluate_composition
 from vlv.shapes.reader import load_reader
-from vlv.shapes.stage1 import STAGE1_FROM_SCRATCH, Stage1Probe, Stage1Recipe, seeded, stage1_batches, two_segments
+from vlv.shapes.stage1 import (
+    STAGE1_FROM_SCRATCH,
+    Stage1Probe,
+    Stage1Recipe,
+    seeded,
+    stage1_batches,
+    two_segments,
+    with_optim,
+)
 from vlv.train.recipes import train_autoencoder
 
 # `vlv demo --from-scratch`'s stage 1 before the tuned settings: β2 0.99, the clip at 1.0, the EMA at 0.99, stratified
@@ -36,7 +44,7 @@ UNTUNED = two_segments(400, 900, 24, compose_lr=1e-3, fast=True, noises=2)
 
 def renders_only(base: Stage1Recipe, seed: int, steps: int, lr: float, work: Path, name: str) -> Path:
     """The shared first segment: `base`'s with these steps and peak lr, trained once per name, then loaded."""
-    plain = dataclasses.replace(base.plain, optim=dataclasses.replace(base.plain.optim, steps=steps, lr=lr))
+    plain = with_optim(base.plain, steps=steps, lr=lr)
     out = work / name
     if not (out / "config.json").exists():
         recipe = Stage1Recipe(plain, None, 0, seed)
@@ -68,8 +76,7 @@ def main() -> None:
     config = preset.config(seed=args.seed)
     model = VLV.from_pretrained(start, teacher=config.teacher.source, seed=args.seed)
     probe = Stage1Probe(model, args.seed)
-    optim = dataclasses.replace(base.compose.optim, steps=args.steps, lr=args.lr)
-    compose = dataclasses.replace(base.compose, optim=optim, batch_size=args.renders)
+    compose = dataclasses.replace(with_optim(base.compose, steps=args.steps, lr=args.lr), batch_size=args.renders)
     recipe = dataclasses.replace(base, compose=compose, composition_pairs=args.pairs, seed=args.seed)
     log = [{"step": 0, **probe(model.eval())}]
     t0 = time.perf_counter()

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from vlv.model import VLV
 from vlv.presets import STAGE1_PARTS as PAPER_STAGE1_PARTS
 from vlv.shapes import preset
-from vlv.shapes.stage1 import TUNED_BETAS, Stage1Probe, Stage1Recipe, segment, stage1_batches
+from vlv.shapes.stage1 import TUNED_BETAS, Stage1Probe, Stage1Recipe, segment, stage1_batches, with_optim
 from vlv.train.flops import step_flops
 from vlv.train.loop import Trainer
 from vlv.train.recipes import AutoencoderRecipe, autoencoder_of, recipe_dict
@@ -91,8 +91,7 @@ def ours_run() -> Run:
 
 def _ours_now(**optim) -> AutoencoderRecipe:
     """Ours (β2 0.95, the clip at 0.1) with these optimizer settings changed."""
-    recipe = ours_run().recipe
-    return dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim, **optim))
+    return with_optim(ours_run().recipe, **optim)
 
 
 def _ours_with(recipe_changes: dict | None = None, **optim) -> AutoencoderRecipe:
@@ -100,7 +99,7 @@ def _ours_with(recipe_changes: dict | None = None, **optim) -> AutoencoderRecipe
     recipe fields and optimizer settings changed."""
     recipe = _with(former_ours(), density=(-0.5, 1.0), ema_decay=0.95)
     recipe = dataclasses.replace(recipe, **(recipe_changes or {}))
-    return dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim, **optim))
+    return with_optim(recipe, **optim)
 
 
 def ours_variants() -> list[Run]:

@@ -3,14 +3,13 @@ against the paired-only baseline), on the demo's held-out scenes."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from vlv.config import VLVConfig
 from vlv.model import VLV
 from vlv.shapes.demo import DemoConfig, demo_pairs, demo_stage1, run_stage2
 from vlv.shapes.evaluate import evaluate_captions
-from vlv.shapes.stage1 import Stage1Recipe, obtain_stage1, recipe_of
+from vlv.shapes.stage1 import Stage1Recipe, obtain_stage1, recipe_of, with_optim
 from vlv.shapes.world import Scene
 
 
@@ -28,8 +27,7 @@ def run_ablations(
 
     rows_stage1 = []
     for steps in cfg.ablation_stage1_steps:  # renders only, no composition segment
-        plain = dataclasses.replace(cfg.stage1.plain, optim=dataclasses.replace(cfg.stage1.plain.optim, steps=steps))
-        recipe = Stage1Recipe(plain, seed=cfg.seed)
+        recipe = Stage1Recipe(with_optim(cfg.stage1.plain, steps=steps), seed=cfg.seed)
         cache = out / "ablations" / f"stage1_{steps}"
         model, record = obtain_stage1(base, recipe, None, cache, log_points=cfg.stage1_log_points)
         run_stage2(model, cfg.stage2(), demo_pairs(cfg), cfg.seed)

@@ -121,11 +121,11 @@ def train_teacher(args: argparse.Namespace) -> int:
 
 def train_encoder(args: argparse.Namespace) -> int:
     from vlv.model import VLV
-    from vlv.shapes.stage1 import STAGE1_COMMITTED, STAGE1_FROM_SCRATCH, Stage1Recipe
+    from vlv.shapes.stage1 import STAGE1_COMMITTED, STAGE1_FROM_SCRATCH, Stage1Recipe, with_optim
     from vlv.shapes.stage1 import train_encoder as train
 
     def steps(seg, n: int | None):
-        return seg if n is None else dataclasses.replace(seg, optim=dataclasses.replace(seg.optim, steps=n))
+        return seg if n is None else with_optim(seg, steps=n)
 
     base = STAGE1_FROM_SCRATCH if args.recipe == "from-scratch" else STAGE1_COMMITTED
     pairs = base.composition_pairs if args.composition_pairs is None else args.composition_pairs

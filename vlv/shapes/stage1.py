@@ -78,6 +78,11 @@ def segment(
     return AutoencoderRecipe(optim, batch_size, STAGE1_PARTS, noises, timesteps, density)
 
 
+def with_optim(seg: AutoencoderRecipe, **changes) -> AutoencoderRecipe:
+    """`seg` with these `OptimConfig` fields changed (steps, lr, seed, ...)."""
+    return dataclasses.replace(seg, optim=dataclasses.replace(seg.optim, **changes))
+
+
 def two_segments(
     plain_steps: int,
     compose_steps: int,
@@ -160,7 +165,7 @@ def stage1_batches(recipe: Stage1Recipe, *, compose: bool, size: int = 16):
 
 def seeded(seg: AutoencoderRecipe, seed: int, name: str) -> AutoencoderRecipe:
     """`seg` with its own optimizer seed, as `run_stage1` runs the segment `name` ("plain" or "compose")."""
-    return dataclasses.replace(seg, optim=dataclasses.replace(seg.optim, seed=derive_seed(seed, name)))
+    return with_optim(seg, seed=derive_seed(seed, name))
 
 
 def run_stage1(model: VLV, recipe: Stage1Recipe, *, log_points: int = 8) -> list[dict]:
