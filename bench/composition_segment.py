@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from vlv.shapes.stage1 import (
     two_segments,
     with_optim,
 )
-from vlv.train.recipes import train_autoencoder
+from vlv.train.recipes import recipe_dict, train_autoencoder
 
 # `vlv demo --from-scratch`'s stage 1 before the tuned settings: β2 0.99, the clip at 1.0, the EMA at 0.99, stratified
 # uniform t, the renders at lr 1e-3
@@ -43,12 +44,13 @@ UNTUNED = two_segments(400, 900, 24, compose_lr=1e-3, fast=True, noises=2)
 
 
 def renders_only(base: Stage1Recipe, seed: int, steps: int, lr: float, work: Path, name: str) -> Path:
-    """The shared first segment: `base`'s with these steps and peak lr, trained once per name, then loaded."""
+    """The shared first segment: `base`'s with these steps and peak lr, trained once per recipe, then loaded."""
     plain = with_optim(base.plain, steps=steps, lr=lr)
-    out = work / name
+    recipe = dataclasses.replace(base, plain=plain, compose=None, composition_pairs=0, seed=seed)
+    digest = hashlib.sha256(json.dumps(recipe_dict(recipe), sort_keys=True).encode()).hexdigest()[:8]
+    out = work / f"{name}_{digest}"  # another recipe under the same name trains its own
     if not (out / "config.json").exists():
-        recipe = Stage1Recipe(plain, None, 0, seed)
-        model = VLV(preset.config(seed=seed))
+        model = recipe.fresh_model(preset.config(seed=seed))
         train_autoencoder(model, stage1_batches(recipe, compose=False), seeded(plain, seed, "plain"), log_every=10**9)
         model.save_pretrained(out)
     return out

@@ -28,6 +28,7 @@ def test_train_encoder_writes_a_stage1_checkpoint(tmp_path, capsys):
     assert model.resolved_source("teacher") == preset.TEACHER
     assert model.embed(torch.rand(1, 3, 16, 16)).shape == (1, 77, 128)
     assert recipe.plain.optim.betas == (0.9, 0.99)  # the committed encoder's recipe: untuned
+    assert not recipe.empty_prompt_offset and not model.config.encoder.empty_prompt_offset
 
 
 def test_train_encoder_takes_the_from_scratch_recipe_and_its_defaults(tmp_path):
@@ -38,6 +39,13 @@ def test_train_encoder_takes_the_from_scratch_recipe_and_its_defaults(tmp_path):
     assert recipe.compose is None and recipe.plain == dataclasses.replace(
         STAGE1_FROM_SCRATCH.plain, optim=dataclasses.replace(STAGE1_FROM_SCRATCH.plain.optim, steps=2)
     )
+    # Its encoder's z started at the teacher's empty prompt: the offset is saved with φ and loads back.
+    assert recipe.empty_prompt_offset and STAGE1_FROM_SCRATCH.empty_prompt_offset
+    model = vlv.load(out)
+    assert model.config.encoder.empty_prompt_offset
+    empty = model.conditioner.prompt_embeddings([""])[0]  # (77, 128) the token embeddings of ""
+    assert torch.equal(model.encoder.projection[-1].offset, empty[:77])
+    assert empty.abs().max() > 0  # a real embedding, not the buffer's zeros
 
 
 def test_train_teacher_writes_a_diffusers_teacher(tmp_path):

@@ -184,10 +184,14 @@ def test_committed_encoder_loads_and_reproduces_its_record():
 def test_from_scratch_stage1_is_the_efficiency_cases_ours_and_reads_back_from_its_record():
     """`vlv demo --from-scratch` reuses its cached stage 1 only when the record reads back as the same recipe."""
     plain, compose = STAGE1_FROM_SCRATCH.plain, STAGE1_FROM_SCRATCH.compose
-    ours = ours_run().recipe  # the bench's measured recipe: the renders segment is it, shortened
+    run = ours_run()
+    ours = run.recipe  # the bench's measured recipe: the renders segment is it, shortened
     assert plain == dataclasses.replace(ours, optim=dataclasses.replace(ours.optim, steps=400))
     assert (ours.optim.betas, ours.optim.grad_clip, ours.optim.ema_decay) == ((0.9, 0.95), 0.1, 0.95)
     assert (ours.noises_per_image, ours.timesteps, ours.timestep_logit_normal) == (2, "stratified", (-0.5, 1.0))
+    assert ours.optim.lr_scale("encoder.florence.vision_tower.convs.0.proj.weight") == 0.5
+    assert ours.optim.lr_scale("encoder.florence.language_model.model.shared.weight") == 1.0
+    assert STAGE1_FROM_SCRATCH.empty_prompt_offset and run.z_offset and run.open_cross_attention  # the same start
     assert compose.optim == dataclasses.replace(ours.optim, steps=900, lr=1e-3)
     record = json.loads(json.dumps(stage1_record(STAGE1_FROM_SCRATCH, "teacher")))
     assert record == stage1_record(STAGE1_FROM_SCRATCH, "teacher")  # the cache check compares these

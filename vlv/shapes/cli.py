@@ -120,8 +120,7 @@ def train_teacher(args: argparse.Namespace) -> int:
 
 
 def train_encoder(args: argparse.Namespace) -> int:
-    from vlv.model import VLV
-    from vlv.shapes.stage1 import STAGE1_COMMITTED, STAGE1_FROM_SCRATCH, Stage1Recipe, with_optim
+    from vlv.shapes.stage1 import STAGE1_COMMITTED, STAGE1_FROM_SCRATCH, with_optim
     from vlv.shapes.stage1 import train_encoder as train
 
     def steps(seg, n: int | None):
@@ -130,8 +129,11 @@ def train_encoder(args: argparse.Namespace) -> int:
     base = STAGE1_FROM_SCRATCH if args.recipe == "from-scratch" else STAGE1_COMMITTED
     pairs = base.composition_pairs if args.composition_pairs is None else args.composition_pairs
     compose = steps(base.compose, args.compose_steps)
-    recipe = Stage1Recipe(steps(base.plain, args.steps), compose if compose.optim.steps else None, pairs, args.seed)
-    record = train(VLV(preset.config(teacher=args.teacher or preset.TEACHER, seed=args.seed)), recipe, Path(args.out))
+    plain = steps(base.plain, args.steps)
+    compose = compose if compose.optim.steps else None
+    recipe = dataclasses.replace(base, plain=plain, compose=compose, composition_pairs=pairs, seed=args.seed)
+    config = preset.config(teacher=args.teacher or preset.TEACHER, seed=args.seed)
+    record = train(recipe.fresh_model(config), recipe, Path(args.out))
     last = record["log"][-1]
     print(
         f"stage 1: {recipe.steps} steps in {record['seconds']:.0f} s; held-out recovered {last['recovered']:.3f}, "

@@ -98,8 +98,8 @@ def equal_total_steps(cfg: DemoConfig) -> int:
 
 def flops_per_step(cfg: DemoConfig, teacher: str) -> dict[str, int]:
     """FLOPs of one training step of each kind the runs take, on a fresh model and a typical batch."""
-    model = VLV(preset.config(teacher=teacher, seed=cfg.seed))
     recipe = stage1_recipe(cfg)
+    model = recipe.fresh_model(preset.config(teacher=teacher, seed=cfg.seed))
     flops = {}
     segments = {"stage1_plain": (recipe.plain, False), "stage1_compose": (recipe.compose, True)}
     for name, (seg, compose) in segments.items():

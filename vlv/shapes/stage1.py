@@ -38,6 +38,8 @@ class Stage1Recipe:
     # renders alone (the same renders and schedule: the control for what the composition term teaches)
     composition_pairs: int = 8
     seed: int = 0
+    # A new encoder's z starts at the teacher's empty prompt (`EncoderConfig.empty_prompt_offset`); see `fresh_model`.
+    empty_prompt_offset: bool = False
 
     @property
     def steps(self) -> int:
@@ -51,14 +53,22 @@ class Stage1Recipe:
             return plain
         return plain + self.compose.optim.steps * (self.compose.batch_size + 3 * self.composition_pairs)
 
+    def fresh_model(self, config: VLVConfig) -> VLV:
+        """A new model to train this recipe from: `config`, its encoder's z starting where the recipe says."""
+        encoder = dataclasses.replace(config.encoder, empty_prompt_offset=self.empty_prompt_offset)
+        return VLV(dataclasses.replace(config, encoder=encoder))
+
 
 # The stage-1 efficiency case's `ours` optimizer settings (`python -m bench --case stage1-efficiency`; why each one:
 # `bench.stage1_efficiency.ours_run`): AdamW's β2, the gradient-norm clip, the EMA decay, and the logit-normal
-# density (mean, std) of t/T.
+# density (mean, std) of t/T, and the vision tower (random-init on shapes, trained in stage 1) at half the learning
+# rate; the recipes that use them start z at the teacher's empty prompt (`Stage1Recipe.empty_prompt_offset`).
 TUNED_BETAS = (0.9, 0.95)
 TUNED_CLIP = 0.1
 TUNED_EMA = 0.95
 TUNED_DENSITY = (-0.5, 1.0)
+VISION_PARTS = ("encoder.florence.vision_tower", "encoder.florence.multi_modal_projector")  # parameter-name prefixes
+TUNED_LR_SCALES = tuple((part, 0.5) for part in VISION_PARTS)
 
 
 def segment(
@@ -68,9 +78,10 @@ def segment(
     copies at stratified timesteps, and the EMA of the weights (decay 0.99) as the result (with today's encoder init
     and 2 copies per image, over 3.5× less compute to 0.90 of the caption's gain than the committed encoder's recipe:
     `python -m bench --case stage1-efficiency`). tuned (implies fast): the efficiency case's `ours` settings —
-    AdamW's β2 at 0.95, the gradient clipped at norm 0.1, the EMA at 0.95, t/T from a logit-normal density."""
+    AdamW's β2 at 0.95, the gradient clipped at norm 0.1, the EMA at 0.95, t/T from a logit-normal density, the
+    vision tower at half the learning rate."""
     fast = fast or tuned
-    tuning = {"betas": TUNED_BETAS, "grad_clip": TUNED_CLIP} if tuned else {}
+    tuning = {"betas": TUNED_BETAS, "grad_clip": TUNED_CLIP, "lr_scales": TUNED_LR_SCALES} if tuned else {}
     ema = (TUNED_EMA if tuned else 0.99) if fast else None
     optim = OptimConfig(steps=steps, lr=lr, warmup_steps=50, ema_decay=ema, **tuning)
     timesteps = "stratified" if fast else "uniform"
@@ -94,17 +105,19 @@ def two_segments(
     noises: int = 4,
     tuned: bool = False,
 ) -> Stage1Recipe:
+    """tuned: both segments with the tuned settings (`segment`), z starting at the teacher's empty prompt."""
     plain = segment(plain_steps, 32, plain_lr, fast=fast, noises=noises, tuned=tuned)
     compose = segment(compose_steps, 24, compose_lr, fast=fast, noises=noises, tuned=tuned)
-    return Stage1Recipe(plain, compose, composition_pairs)
+    return Stage1Recipe(plain, compose, composition_pairs, empty_prompt_offset=tuned)
 
 
 # The committed encoder (`vlv shapes train-encoder` defaults) and the shorter stage 1 of `vlv demo --from-scratch`:
 # an encoder that sees the image from step 0 (`vlv.encoder.open_cross_attention`), 2 noisy copies per render with the
-# efficiency case's tuned settings (its `ours`), 400 steps on renders at lr 6e-4, then 900 with 24 composition
-# triples per step at lr 1e-3. Composition is what needs the steps (the demo's 100 pairs, bar 0.70; `python -m
-# bench.composition_segment`): tuned, 0.92 / 0.76 / 0.77 on seeds 0 / 1 / 2 (0.72 on seed 1 of another machine); untuned
-# (β2 0.99, clip 1, EMA 0.99, uniform stratified t, renders at lr 1e-3) 0.77 / 0.52 / 0.73, and with 650
+# efficiency case's tuned settings (its `ours`, z starting at the teacher's empty prompt), 400 steps on renders at lr
+# 6e-4, then 900 with 24 composition triples per step at lr 1e-3. Composition is what needs the steps (the demo's 100
+# pairs, bar 0.70; `python -m bench.composition_segment`): tuned, 0.93 / 0.85 / 0.87 on seeds 0 / 1 / 2; before z's
+# start at the empty prompt and the vision tower's half lr 0.92 / 0.76 / 0.77 (0.72 on seed 1 of another machine);
+# untuned (β2 0.99, clip 1, EMA 0.99, uniform stratified t, renders at lr 1e-3) 0.77 / 0.52 / 0.73, and with 650
 # composition steps 0.73, 0.32 and 0.44 on three machines (each CPU trains its own stage 1); with 200 + 850 steps
 # 0.42; with 40 triples per step over 500 steps 0.29; at lr 2e-3 the caption gain fell; with 12 triples per step
 # composition stayed at 0.36.
@@ -211,7 +224,8 @@ def recipe_of(record: dict) -> Stage1Recipe:
         )
 
     r = record["recipe"]
-    return Stage1Recipe(seg(r["plain"]), seg(r["compose"]), r["composition_pairs"], r["seed"])
+    offset = r.get("empty_prompt_offset", False)  # absent from records written before it existed
+    return Stage1Recipe(seg(r["plain"]), seg(r["compose"]), r["composition_pairs"], r["seed"], offset)
 
 
 def train_encoder(model: VLV, recipe: Stage1Recipe, out: Path, *, log_points: int = 8) -> dict:
@@ -240,5 +254,5 @@ def obtain_stage1(
     if record is not None and {k: record[k] for k in ("recipe", "teacher")} == stage1_record(recipe, teacher):
         tqdm.write(f"stage 1: loaded the cached encoder from {cache}")
         return VLV.from_pretrained(cache, teacher=teacher, seed=config.seed), record
-    model = VLV(config)
+    model = recipe.fresh_model(config)
     return model, train_encoder(model, recipe, cache, log_points=log_points)

@@ -73,7 +73,7 @@ class OptimConfig:
 
 # Fields added after records were first written, left out while unset: such a recipe reads as it did before (a
 # cached run keyed by its recipe stays valid).
-UNSET_OMITTED = {"lr_scales": [], "optimizer": "adamw"}
+UNSET_OMITTED = {"lr_scales": [], "optimizer": "adamw", "empty_prompt_offset": False}
 OPTIMIZERS = ("adamw", "muon")
 # 2-D parameters that are tables or learned inputs, not weight matrices of a layer: AdamW trains them under Muon too
 NOT_MATRICES = ("embed", "shared", "queries")
