@@ -21,7 +21,7 @@ import contextlib
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -164,7 +164,7 @@ def ours_variants() -> list[Run]:
         Run("ours_z0v_z_scale0.25", _ours_z0v(), z_offset=True, z_init_scale=0.25),
         Run("ours_z0v_z_scale2", _ours_z0v(), z_offset=True, z_init_scale=2.0),
         Run("ours_z0v_lr8e-4", _ours_z0v(lr=8e-4), z_offset=True),
-        Run("ours_z0v_std0.7", replace(_ours_z0v(), timestep_logit_normal=(-0.5, 0.7)), z_offset=True),
+        Run("ours_z0v_std0.7", dataclasses.replace(_ours_z0v(), timestep_logit_normal=(-0.5, 0.7)), z_offset=True),
         Run("ours_logit_normal-1", _ours_with({"timestep_logit_normal": (-1.0, 1.0)})),
         Run("ours_z_scale0.25", _ours_with(), z_init_scale=0.25),
         Run("ours_z_scale2", _ours_with(), z_init_scale=2.0),
