@@ -63,6 +63,7 @@ class Run:
     open_cross_attention: bool = True
     z_init_scale: float = 1.0  # φ's last layer drawn at this × its default init (z's scale at step 0)
     z_offset: bool = False  # z starts at the teacher's empty prompt (`EncoderConfig.empty_prompt_offset`)
+    antithetic: bool = False  # the two noisy copies of a render: ε and −ε
 
     @property
     def budget(self) -> int:
@@ -164,6 +165,10 @@ def ours_variants() -> list[Run]:
         Run("ours_z0v_z_scale0.25", _ours_z0v(), z_offset=True, z_init_scale=0.25),
         Run("ours_z0v_z_scale2", _ours_z0v(), z_offset=True, z_init_scale=2.0),
         Run("ours_z0v_lr8e-4", _ours_z0v(lr=8e-4), z_offset=True),
+        Run("ours_z0v_muon", _ours_z0v(optimizer="muon"), z_offset=True),
+        Run("ours_z0v_antithetic", _ours_z0v(), z_offset=True, antithetic=True),
+        Run("ours_z0v_std1.3", dataclasses.replace(_ours_z0v(), timestep_logit_normal=(-0.5, 1.3)), z_offset=True),
+        Run("ours_z0v_clip0.05", _ours_z0v(grad_clip=0.05), z_offset=True),
         Run("ours_z0v_std0.7", dataclasses.replace(_ours_z0v(), timestep_logit_normal=(-0.5, 0.7)), z_offset=True),
         Run("ours_logit_normal-1", _ours_with({"timestep_logit_normal": (-1.0, 1.0)})),
         Run("ours_z_scale0.25", _ours_with(), z_init_scale=0.25),
@@ -206,7 +211,9 @@ def _build(run: Run, teacher: str, seed: int, device: str):
     def batches(step: int) -> dict:
         return {name: x.to(device) for name, x in renders(step).items()}
 
-    return model, autoencoder_of(model, run.recipe), batches
+    composition = autoencoder_of(model, run.recipe)
+    composition.antithetic_noise = run.antithetic
+    return model, composition, batches
 
 
 def run_key(run: Run, teacher: str, seed: int, probe_every: int) -> dict:
@@ -215,6 +222,8 @@ def run_key(run: Run, teacher: str, seed: int, probe_every: int) -> dict:
            "probe_every": probe_every, "open_cross_attention": run.open_cross_attention}  # fmt: skip
     if run.z_offset:
         key["z_offset"] = True
+    if run.antithetic:
+        key["antithetic"] = True
     if run.z_init_scale != 1.0:  # absent otherwise, so that runs measured before the option keep their keys
         key["z_init_scale"] = run.z_init_scale
     return key

@@ -456,3 +456,30 @@ def test_muon_orthogonalises_the_step_of_weight_matrices_and_leaves_the_rest_to_
         trainer.load_state_dict(adamw.state_dict())
     with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
         OptimConfig(steps=1, optimizer="sgd")
+
+
+@pytest.mark.parametrize("seeded", [False, True])
+def test_antithetic_noise_pairs_the_copies_of_an_image(tiny_config, images, seeded, monkeypatch):
+    model = VLV(tiny_config)
+    seen = []
+    loss = model.decoder.denoising_loss
+
+    def spy(latents, c, *args, **kwargs):
+        seen.append(kwargs.get("noise"))
+        return loss(latents, c, *args, **kwargs)
+
+    monkeypatch.setattr(model.decoder, "denoising_loss", spy)
+    batch = {"images": images, "seeds": torch.tensor([3, 4])} if seeded else {"images": images}
+    for antithetic in (True, False):
+        torch.manual_seed(0)
+        model.autoencoder(noises_per_image=4, timesteps="stratified", antithetic_noise=antithetic)(batch)
+    paired = seen[0].view(2, 2, 2, *seen[0].shape[1:])  # (image, pair, copy, C, h, w)
+    assert torch.equal(paired[:, :, 0], -paired[:, :, 1])  # copies 2i and 2i + 1 of an image: ε and −ε
+    assert not torch.equal(paired[:, 0, 0], paired[:, 1, 0]) and not torch.equal(paired[0], paired[1])
+    if seeded:  # unseeded, the plain draw happens inside `denoising_loss`
+        plain = seen[1].view(2, 2, 2, *seen[1].shape[1:])
+        assert not torch.allclose(plain[:, :, 0], -plain[:, :, 1])
+    else:
+        assert seen[1] is None
+    with pytest.raises(ValueError, match="antithetic noise pairs"):
+        model.autoencoder(noises_per_image=3, antithetic_noise=True)

@@ -93,9 +93,11 @@ class Autoencoder(nn.Module):
         noises_per_image: int = 1,
         timesteps: str = "uniform",
         timestep_logit_normal: tuple[float, float] | None = None,
+        antithetic_noise: bool = False,
     ):
         """timesteps, timestep_logit_normal: how the K copies spread their t, and its density (uniform by default,
-        as in the paper; see `draw_timesteps`)."""
+        as in the paper; see `draw_timesteps`). antithetic_noise: the K copies of an image come in pairs whose noises
+        are ε and −ε (K even)."""
         super().__init__()
         if timesteps not in TIMESTEPS:
             raise ValueError(f"unknown timestep sampling '{timesteps}'; choose one of {TIMESTEPS}")
@@ -107,6 +109,9 @@ class Autoencoder(nn.Module):
         self.noises_per_image = noises_per_image
         self.timesteps = timesteps
         self.timestep_logit_normal = None if timestep_logit_normal is None else tuple(timestep_logit_normal)
+        if antithetic_noise and noises_per_image % 2:
+            raise ValueError(f"antithetic noise pairs the copies of an image; noises_per_image={noises_per_image}")
+        self.antithetic_noise = antithetic_noise
 
     def forward(self, batch: dict) -> torch.Tensor:
         if "seeds" in batch or "moments" in batch:
@@ -132,7 +137,11 @@ class Autoencoder(nn.Module):
             g = torch.Generator().manual_seed(int(seed))  # drawn on the CPU: the same numbers on every device
             vae_noise.append(torch.randn(shape, generator=g))
             t.append(draw_timesteps(1, K, T, self.timesteps, g, logit_normal=self.timestep_logit_normal))
-            noise += [torch.randn(shape, generator=g) for _ in range(K)]
+            if self.antithetic_noise:
+                halves = [torch.randn(shape, generator=g) for _ in range(K // 2)]
+                noise += [sign * e for e in halves for sign in (1, -1)]
+            else:
+                noise += [torch.randn(shape, generator=g) for _ in range(K)]
         device = images.device
         if moments is not None:
             latents = dec.latents_from_moments(moments.to(device), torch.stack(vae_noise).to(device))
@@ -167,7 +176,11 @@ class Autoencoder(nn.Module):
         t = draw_timesteps(
             latents.shape[0] // K, K, T, self.timesteps, device=latents.device, logit_normal=self.timestep_logit_normal
         )
-        return self.decoder.denoising_loss(latents, c, t=t)
+        noise = None
+        if self.antithetic_noise:
+            half = torch.randn((latents.shape[0] // 2, *latents.shape[1:]), device=latents.device, dtype=latents.dtype)
+            noise = torch.stack([half, -half], dim=1).flatten(0, 1)  # copies 2i, 2i + 1 of an image: ε, −ε
+        return self.decoder.denoising_loss(latents, c, t=t, noise=noise)
 
 
 # The default bound of `Captioner`'s cache of frozen conditionings: 1 GiB holds 27,000 images' c of the shapes model

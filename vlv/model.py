@@ -301,7 +301,7 @@ class VLV(nn.Module):
 
     def autoencoder(self, **sampling) -> Autoencoder:
         """The stage-1 composition over this model's parts (encoder, conditioner, decoder); `sampling`
-        (noises_per_image, timesteps, timestep_logit_normal) as `Autoencoder` takes it."""
+        (noises_per_image, timesteps, timestep_logit_normal, antithetic_noise) as `Autoencoder` takes it."""
         return Autoencoder(self.encoder, self.conditioner, self.decoder, **sampling)
 
     def captioner(self, *, denoising_weight: float = 0.0, cache_bytes: int = CONDITIONING_CACHE_BYTES) -> Captioner:
