@@ -135,8 +135,8 @@ def ours_variants() -> list[Run]:
     4e-4, the EMA at 0.9, β1 at 0.95, the vision tower at half and at a quarter of the lr, Muon for the hidden layers'
     weight matrices (`--optimizer muon`), z starting at the teacher's empty prompt (`--empty-prompt-offset`), and that
     with the vision tower at half the lr (`ours_z0_vision_lr0.5x`: today's ours). Screens of today's ours
-    (`ours_z0v_*`): 10 warmup steps, z's scale at step 0 at 0.25× and 2×, the peak lr at 8e-4, the timestep
-    density's std at 0.7."""
+    (`ours_z0v_*`): 10 warmup steps, z's scale at step 0 at 0.25× and 2×, the peak lr at 8e-4, Muon, the timestep
+    density's std at 0.7 and 1.3, the clip at 0.05, and antithetic noise (an image's two copies at ε and −ε)."""
     return [
         Run("ours_cosine800", _ours_with(steps=800)),
         Run("ours_cosine3200", _ours_with(steps=3200)),

@@ -114,3 +114,17 @@ def test_the_committed_teacher_follows_its_caption_a_wrong_attribute_costs_more_
     for name in ("shape", "color", "size"):
         assert low[name] > low["empty"] > low["true"]  # at low noise a wrong caption is worse than none
         assert high["empty"] > high[name] > high["true"]  # at high noise it still carries what it gets right
+
+
+def test_caption_parts_times_every_part_the_caption_path_runs_and_leaves_no_hooks(tiny_model):
+    import torch
+
+    from bench.caption_parts import parts, timed_pass
+
+    pixels = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    seconds, faults = timed_pass(tiny_model, pixels, 2)
+    assert set(seconds) == {*parts(tiny_model), "generation and the rest", "total"} and faults >= 0
+    # each hooked module ran inside `VLV.caption` (a part it no longer runs would read 0), all within the total
+    assert all(seconds[name] > 0 for name in parts(tiny_model))
+    assert 0 <= sum(seconds[name] for name in parts(tiny_model)) <= seconds["total"]
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in parts(tiny_model).values())
