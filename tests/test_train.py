@@ -458,8 +458,9 @@ def test_muon_orthogonalises_the_step_of_weight_matrices_and_leaves_the_rest_to_
         OptimConfig(steps=1, optimizer="sgd")
 
 
+@pytest.mark.parametrize("timesteps", ["stratified", "uniform"])
 @pytest.mark.parametrize("seeded", [False, True])
-def test_antithetic_noise_pairs_the_copies_of_an_image(tiny_config, images, seeded, monkeypatch):
+def test_antithetic_noise_pairs_the_copies_of_an_image(tiny_config, images, seeded, timesteps, monkeypatch):
     model = VLV(tiny_config)
     seen = []
     loss = model.decoder.denoising_loss
@@ -472,7 +473,7 @@ def test_antithetic_noise_pairs_the_copies_of_an_image(tiny_config, images, seed
     batch = {"images": images, "seeds": torch.tensor([3, 4])} if seeded else {"images": images}
     for antithetic in (True, False):
         torch.manual_seed(0)
-        model.autoencoder(noises_per_image=4, timesteps="stratified", antithetic_noise=antithetic)(batch)
+        model.autoencoder(noises_per_image=4, timesteps=timesteps, antithetic_noise=antithetic)(batch)
     paired = seen[0].view(2, 2, 2, *seen[0].shape[1:])  # (image, pair, copy, C, h, w)
     assert torch.equal(paired[:, :, 0], -paired[:, :, 1])  # copies 2i and 2i + 1 of an image: ε and −ε
     assert not torch.equal(paired[:, 0, 0], paired[:, 1, 0]) and not torch.equal(paired[0], paired[1])

@@ -170,7 +170,7 @@ class Autoencoder(nn.Module):
         c = self.conditioner(z)  # gradients reach the encoder through c
         K = self.noises_per_image
         latents, c = latents.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (·K, ...)
-        if self.timesteps == "uniform" and self.timestep_logit_normal is None:
+        if self.timesteps == "uniform" and self.timestep_logit_normal is None and not self.antithetic_noise:
             return self.decoder.denoising_loss(latents, c)  # t drawn there: the paper's recipe, as before
         T = self.decoder.scheduler.config.num_train_timesteps
         t = draw_timesteps(
