@@ -38,11 +38,19 @@ def timed_pass(model: VLV, pixels: torch.Tensor, batch: int) -> tuple[dict[str, 
     """Seconds per part for captioning `pixels` at `batch`, and the minor page faults of the pass."""
     seconds: dict[str, float] = defaultdict(float)
     started: dict[str, float] = {}
+
+    def start(name: str):
+        return lambda *_: started.__setitem__(name, time.perf_counter())
+
+    def stop(name: str):
+        def hook(*_) -> None:
+            seconds[name] += time.perf_counter() - started[name]
+
+        return hook
+
     hooks = []
     for name, module in parts(model).items():
-        hooks.append(module.register_forward_pre_hook(lambda *_, n=name: started.__setitem__(n, time.perf_counter())))
-        hooks.append(module.register_forward_hook(lambda *_, n=name: seconds.__setitem__(
-            n, seconds[n] + time.perf_counter() - started[n])))  # fmt: skip
+        hooks += [module.register_forward_pre_hook(start(name)), module.register_forward_hook(stop(name))]
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     try:
