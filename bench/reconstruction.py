@@ -1,9 +1,14 @@
 """Case `reconstruction`: images/s of reconstruction, ours (DPM-Solver++, 20 steps, guidance on the first 14 of them:
 `SampleOptions.guidance_interval` 0.7) against the official sampler (DDPM, 50 steps, every one guided), both at the
 shapes stage-1 model's own CFG scale (4); and the attribute agreement of each with the original (the demo's attribute
-reader), so that the fast path is shown to keep the quality (within 2 points)."""
+reader), so that the fast path is shown to keep the quality (within 2 points). Also ours with the model in bf16
+(`vlv reconstruct --dtype bf16`) against ours in float32, with the agreement of each."""
 
 from __future__ import annotations
+
+import copy
+
+import torch
 
 from bench.harness import compare_rates, interleaved
 from vlv.model import VLV
@@ -19,11 +24,13 @@ OFFICIAL = {"sampler": "ddpm", "steps": 50}
 def run(model: VLV, reader: AttributeReader, device: str = "cpu", *, images: int = 32, quality_images: int = 200,
         repeats: int = 3) -> dict:  # fmt: skip
     model = model.to(device).eval()
+    half = copy.deepcopy(model).to(torch.bfloat16)
     pixels = renders(sample_scenes(images, seed=11, split="heldout")).to(device)
     times = interleaved(
         {
             "ours": lambda: model.reconstruct(pixels, seed=0, **OURS),
             "official": lambda: model.reconstruct(pixels, seed=0, **OFFICIAL),
+            "bf16": lambda: half.reconstruct(pixels, seed=0, **OURS),
         },
         repeats=repeats,
         device=device,
@@ -31,12 +38,15 @@ def run(model: VLV, reader: AttributeReader, device: str = "cpu", *, images: int
     held = renders(sample_scenes(quality_images, seed=12, split="heldout"))
     truth = reader.read(held)
 
-    def agreement(options: dict) -> float:
+    def agreement(options: dict, sampler: VLV = model) -> float:
         recon = decode_in_batches(
-            lambda i, j: model.reconstruct(held[i:j].to(device), seed=i, **options).cpu(), len(held)
+            lambda i, j: sampler.reconstruct(held[i:j].to(device), seed=i, **options).cpu(), len(held)
         )
         return score(reader.read(recon), truth)["attribute_accuracy"]
 
+    ours = agreement(OURS)
     result = compare_rates(times["ours"], times["official"], "images/s", work=(images, images))
-    result.update(ours_agreement=agreement(OURS), baseline_agreement=agreement(OFFICIAL))
-    return {"reconstruction": result, "reconstruction_times": times}
+    result.update(ours_agreement=ours, baseline_agreement=agreement(OFFICIAL))
+    bf16 = compare_rates(times["bf16"], times["ours"], "images/s", work=(images, images))
+    bf16.update(ours_agreement=agreement(OURS, half), baseline_agreement=ours)
+    return {"reconstruction": result, "reconstruction_bf16": bf16, "reconstruction_times": times}

@@ -203,6 +203,30 @@ def test_compose_writes_one_image(model_dir, model, tmp_path):
     assert main(["compose", a, str(tmp_path / "none.png"), *flags]) == 2  # every part must be readable
 
 
+def test_dtype_flag_runs_the_model_in_bf16(model_dir, tmp_path):
+    """--dtype bf16 loads every part in bf16 (as `vlv.load(dtype=...)`): captions and reconstructions are the bf16
+    model's; the embeddings file stays float32 (values that bf16 can hold exactly)."""
+    paths = [_png(tmp_path / "in" / f"{i}.png", color) for i, color in enumerate([(200, 30, 30), (30, 30, 200)])]
+    flags = ["--model", str(model_dir), "--dtype", "bf16"]
+    half = vlv.load(model_dir, dtype=torch.bfloat16)
+
+    assert main(["caption", *paths, *flags, "--out", str(tmp_path / "c.jsonl")]) == 0
+    assert [r["caption"] for r in _records(tmp_path / "c.jsonl")] == half.caption(paths)
+    assert main(["reconstruct", *paths, *flags, "--out", str(tmp_path / "recon"), "--steps", "2"]) == 0
+    expected = half.reconstruct(paths, seed=0, steps=2)
+    assert expected.dtype == torch.float32  # images leave the model as float32 in [0, 1], whatever its dtype
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "recon" / "0.png")), np.asarray(to_pil(expected)[0]))
+    assert main(["embed", *paths, *flags, "--out", str(tmp_path / "z.safetensors")]) == 0
+    with safe_open(str(tmp_path / "z.safetensors"), framework="pt") as f:
+        z, c = f.get_tensor("z"), f.get_tensor("prompt_embeds")
+    assert z.dtype == c.dtype == torch.float32
+    torch.testing.assert_close(z, half.embed(paths).float(), rtol=0, atol=0)
+    assert torch.equal(z, z.bfloat16().float())  # a float32 model's z would not survive the round trip
+    assert {p.dtype for name in half.built_parts() for p in half.part(name).parameters()} == {torch.bfloat16}
+    with pytest.raises(SystemExit):  # argparse refuses a dtype it does not offer
+        main(["caption", *paths, "--model", str(model_dir), "--dtype", "fp16"])
+
+
 # ----- embed: usable as prompt_embeds by a diffusers pipeline of the same teacher ---------------------------------
 
 

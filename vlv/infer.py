@@ -385,9 +385,10 @@ def embed_files(
 
     Tensors: `z` (N, 77, D), the caption embeddings; `prompt_embeds` (N, 77, D) = `model.condition(z)`, the teacher
     UNet's conditioning; `negative_prompt_embeds` (1, 77, D), the teacher's empty prompt (the unconditional branch of
-    guidance). Metadata (strings): `images`, the N paths as JSON; `skipped`, path → reason as JSON; `image_size`,
-    the resolution the model reconstructs at. `prompt_embeds` and `negative_prompt_embeds` (expanded to N) are what a
-    diffusers `StableDiffusionPipeline` of the same teacher takes in place of prompts (see the README).
+    guidance); all float32, whatever the model's dtype. Metadata (strings): `images`, the N paths as JSON; `skipped`,
+    path → reason as JSON; `image_size`, the resolution the model reconstructs at. `prompt_embeds` and
+    `negative_prompt_embeds` (expanded to N) are what a diffusers `StableDiffusionPipeline` of the same teacher takes
+    in place of prompts (see the README).
     """
     zs, cs, kept, failed = [], [], [], {}
     with tqdm(total=len(paths), desc="embed", unit="img", delay=PROGRESS_DELAY, disable=not progress) as bar:
@@ -396,14 +397,14 @@ def embed_files(
             failed.update(errors)
             if images:
                 z = model.embed(list(images.values()))  # (b, 77, D)
-                zs.append(z.cpu())
-                cs.append(model.condition(z).cpu())
+                zs.append(z.float().cpu())
+                cs.append(model.condition(z).float().cpu())
                 kept += list(images)
             bar.update(len(batch))
     if not kept:
         return failed
     with torch.no_grad():
-        negative = model.conditioner.encode_prompts([""]).cpu()  # (1, 77, D)
+        negative = model.conditioner.encode_prompts([""]).float().cpu()  # (1, 77, D)
     tensors = {"z": torch.cat(zs), "prompt_embeds": torch.cat(cs), "negative_prompt_embeds": negative}
     metadata = {
         "images": json.dumps(kept, ensure_ascii=False),

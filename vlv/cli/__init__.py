@@ -22,6 +22,10 @@ import argparse
 import importlib
 import sys
 
+import torch
+
+from vlv.api import load
+
 # Command groups: module → adds its subcommands to the parser. The shapes world lives in its own package and is
 # imported here only to register its commands.
 GROUPS = (
@@ -48,6 +52,31 @@ def source_flags() -> argparse.ArgumentParser:
 def sources(args: argparse.Namespace) -> dict:
     """The `vlv.load` keywords given by `source_flags`."""
     return dict(florence=args.florence, teacher=args.teacher, llm=args.llm)
+
+
+# The dtypes a model runs inference in (`--dtype` of the inference commands and `vlv serve`).
+INFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def dtype_flags() -> argparse.ArgumentParser:
+    """`--dtype`: the dtype the model's weights and activations run in (every part, as `vlv.load(dtype=...)`)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--dtype", choices=list(INFERENCE_DTYPES), default="fp32",
+                   help="weights and activations: fp32 (default) or bf16 (half the memory; faster on GPUs and on "
+                        "CPUs with bf16 matrix units)")  # fmt: skip
+    return p
+
+
+def load_model(args: argparse.Namespace, device: str | torch.device | None = None):
+    """The model an inference command's flags name (--model, the sources, --dtype, --stage1 where the command has
+    it), on `device` (default: --device)."""
+    return load(
+        args.model,
+        device=args.device if device is None else device,
+        dtype=INFERENCE_DTYPES[args.dtype],
+        stage1=getattr(args, "stage1", None),
+        **sources(args),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

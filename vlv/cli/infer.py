@@ -13,9 +13,8 @@ import sys
 
 import torch
 
-import vlv
 from vlv import infer
-from vlv.cli import source_flags, sources
+from vlv.cli import dtype_flags, load_model, source_flags
 
 INPUTS_HELP = "image files, folders (searched recursively) or list files (.txt / .lst: one path a line)"
 
@@ -70,7 +69,7 @@ def generate_flags() -> argparse.ArgumentParser:
 
 
 def add_commands(sub) -> None:
-    common = [model_flags(), source_flags(), batch_flags()]
+    common = [model_flags(), source_flags(), dtype_flags(), batch_flags()]
     p = sub.add_parser(
         "caption", parents=[*common, generate_flags()], help="caption images into JSON lines (resumable)"
     )
@@ -85,7 +84,7 @@ def add_commands(sub) -> None:
     p.set_defaults(func=reconstruct)
 
     p = sub.add_parser(
-        "compose", parents=[source_flags(), stage1_flags(), sample_flags()],
+        "compose", parents=[source_flags(), dtype_flags(), stage1_flags(), sample_flags()],
         help="one image from several: their z spliced, decoded by the teacher",
     )  # fmt: skip
     p.add_argument("images", nargs="+", help="two or more image files, in splice order")
@@ -127,7 +126,7 @@ def caption(args: argparse.Namespace) -> int:
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
         device = accelerator.device
     paths = infer.list_inputs(args.images)
-    model = vlv.load(args.model, device=device, **sources(args))
+    model = load_model(args, device)
     options = dict(
         max_new_tokens=args.max_new_tokens,
         num_beams=args.num_beams,
@@ -152,7 +151,7 @@ def caption(args: argparse.Namespace) -> int:
 def reconstruct(args: argparse.Namespace) -> int:
     _one_process("reconstruct")
     paths = infer.list_inputs(args.images)
-    model = vlv.load(args.model, device=args.device, stage1=args.stage1, **sources(args))
+    model = load_model(args)
     options = sample_options(args)
     failed = infer.reconstruct_files(
         model, paths, args.out, batch_size=args.batch_size, seed=args.seed, options=options
@@ -171,7 +170,7 @@ def compose(args: argparse.Namespace) -> int:
             splits = [int(s) for s in args.splits.split(",")]
         except ValueError:
             raise ValueError(f"--splits takes comma-separated integers, got {args.splits!r}") from None
-    model = vlv.load(args.model, device=args.device, stage1=args.stage1, **sources(args))
+    model = load_model(args)
     options = sample_options(args)
     infer.compose_files(model, args.images, args.out, splits=splits, seed=args.seed, options=options)
     print(args.out)
@@ -181,7 +180,7 @@ def compose(args: argparse.Namespace) -> int:
 def embed(args: argparse.Namespace) -> int:
     _one_process("embed")
     paths = infer.list_inputs(args.images)
-    model = vlv.load(args.model, device=args.device, stage1=args.stage1, **sources(args))
+    model = load_model(args)
     failed = infer.embed_files(model, paths, args.out, batch_size=args.batch_size)
     _report_skipped("embed", failed)
     if len(failed) == len(paths):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-import vlv
-from vlv.cli import source_flags, sources
+from vlv.cli import dtype_flags, load_model, source_flags
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser(
         "serve",
-        parents=[source_flags()],
+        parents=[source_flags(), dtype_flags()],
         help="web demo: caption, reconstruction and composition of uploaded images (needs the `serve` extra)",
     )
     p.add_argument("--model", required=True, help="checkpoint directory or preset name")
@@ -33,6 +32,6 @@ def serve(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as e:
         print(f"vlv serve: error: {e.name} is not installed; pip install 'vlv[serve]'", file=sys.stderr)
         return 2
-    model = vlv.load(args.model, device=args.device, **sources(args))
+    model = load_model(args)
     serve_app(model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
     return 0
