@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vlv.cli import main
+from vlv.cli import build_parser, load_model, main
 from vlv.eval.protocols import frechet, reconstruction_fid, text_to_image_fid, write_results
 
 
@@ -75,3 +75,9 @@ def test_eval_captions_cli_scores_against_the_folder_captions(tiny_model, tmp_pa
     assert 0 <= results["BLEU-4"] <= 1 and results["CIDEr"] >= 0
     lines = (out / "captions.jsonl").read_text().splitlines()
     assert len(lines) == 6 and json.loads(lines[0])["reference"] == "a red circle at the top left"
+    # --dtype bf16: the flags load the model in bf16, and the protocol runs on it
+    flags = ["eval", "captions", "--model", str(tmp_path / "model"), "--data", str(data), "--dtype", "bf16"]
+    assert main([*flags, "--out", str(tmp_path / "bf16")]) == 0
+    model = load_model(build_parser().parse_args(flags))
+    model.caption(torch.rand(1, 3, 16, 16))  # builds the parts captioning needs
+    assert {p.dtype for name in model.built_parts() for p in model.part(name).parameters()} == {torch.bfloat16}

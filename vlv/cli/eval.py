@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-import vlv
-from vlv.cli import source_flags, sources
+from vlv.cli import dtype_flags, load_model, source_flags
 from vlv.data.readers import open_source
 from vlv.data.stream import load_record
 from vlv.eval.protocols import write_results
@@ -33,7 +32,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model: caption metrics, FIDs, CLIPScore, text-only VQA")
     evals = p.add_subparsers(dest="protocol", required=True)
 
-    common = argparse.ArgumentParser(add_help=False, parents=[source_flags()])
+    common = argparse.ArgumentParser(add_help=False, parents=[source_flags(), dtype_flags()])
     common.add_argument("--model", required=True, help="checkpoint directory (or preset name)")
     common.add_argument("--out", default="runs/eval", help="folder for results.json and results.md")
     common.add_argument("--device", default="cpu", help="torch device")
@@ -64,10 +63,6 @@ def add_commands(sub) -> None:
     q.set_defaults(func=vqa)
     for world, module in WORLDS.items():
         importlib.import_module(module).add_eval_command(evals, world, common)
-
-
-def _model(args):
-    return vlv.load(args.model, device=args.device, stage1=getattr(args, "stage1", None), **sources(args))
 
 
 def load_dataset(spec: str, image_size: int, *, limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
@@ -101,7 +96,7 @@ def captions(args: argparse.Namespace) -> int:
     from vlv.eval.metrics import caption_metrics
     from vlv.eval.protocols import caption_images
 
-    model = _model(args)
+    model = load_model(args)
     images, references = load_dataset(args.data, model.config.teacher.image_size, limit=args.limit)
     predicted = caption_images(model, images)
     results = {"images": len(images), **caption_metrics(predicted, [[r] for r in references])}
@@ -119,7 +114,7 @@ def reconstruction(args: argparse.Namespace) -> int:
     from vlv.eval.inception import InceptionFeatures
     from vlv.eval.protocols import reconstruction_fid
 
-    model = _model(args)
+    model = load_model(args)
     images, _ = load_dataset(args.data, model.config.teacher.image_size, limit=args.limit)
     network = InceptionFeatures.from_file(args.inception).to(args.device)
     results, _ = reconstruction_fid(model, images, network, seed=args.seed)
@@ -130,7 +125,7 @@ def text_to_image(args: argparse.Namespace) -> int:
     from vlv.eval.inception import InceptionFeatures
     from vlv.eval.protocols import DiffusersTextToImage, caption_images, text_to_image_fid
 
-    model = _model(args)
+    model = load_model(args)
     images, _ = load_dataset(args.data, model.config.teacher.image_size, limit=args.limit)
     predicted = caption_images(model, images)
     pipeline = DiffusersTextToImage(args.pipeline, device=args.device, steps=args.steps, guidance=args.guidance)
@@ -148,7 +143,7 @@ def vqa(args: argparse.Namespace) -> int:
     if not rows:
         raise ValueError(f"no questions in {args.questions}")
     base = Path(args.questions).parent
-    model = _model(args)
+    model = load_model(args)
     paths = [str(base / r["image"]) if not Path(r["image"]).is_absolute() else r["image"] for r in rows]
     captions = caption_images(model, model.preprocess(paths))
     lm = AutoModelForCausalLM.from_pretrained(args.lm, torch_dtype=torch.float32).to(args.device).eval()

@@ -204,7 +204,7 @@ def add_eval_command(evals, name: str, common) -> None:
 
 def evaluate(args: argparse.Namespace) -> int:
     import vlv
-    from vlv.cli import sources
+    from vlv.cli import INFERENCE_DTYPES, load_model
     from vlv.eval.protocols import write_results
     from vlv.shapes.demo import DemoConfig, heldout_scenes
     from vlv.shapes.evaluate import evaluate_suite
@@ -212,8 +212,9 @@ def evaluate(args: argparse.Namespace) -> int:
     from vlv.shapes.vqa import train_vqa_reader
 
     out = Path(args.out)
-    model = vlv.load(args.model, device=args.device, **sources(args))
-    baseline = vlv.load(args.baseline, device=args.device) if args.baseline else None
+    model = load_model(args)
+    dtype = INFERENCE_DTYPES[args.dtype]
+    baseline = vlv.load(args.baseline, device=args.device, dtype=dtype) if args.baseline else None
     cfg = DemoConfig.full()
     scenes = heldout_scenes(dataclasses.replace(cfg, eval_scenes=args.scenes))
     reader = load_reader(args.reader)
