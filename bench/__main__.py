@@ -51,8 +51,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="stage1-efficiency: measure these runs only (demo, ours, open_init_only, former_ours, "
                         "former_ours_ema0.95, ours_ema0.99, ours_lr1e-3, ours_4_noises, ours_1_noise, "
                         "paper_lr0.0001, paper_lr0.0003, paper_lr0.001)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0,
-                   help="stage1-efficiency: the seed of every run's init, renders and noise")  # fmt: skip
+    seeding = p.add_mutually_exclusive_group()
+    seeding.add_argument("--seed", type=int, default=0,
+                         help="stage1-efficiency: the seed of every run's init, renders and noise")  # fmt: skip
+    seeding.add_argument("--seeds", nargs="+", type=int, default=None,
+                         help="stage1-efficiency: several seeds, each in --work with {seed} replaced; the "
+                              "comparisons pooled over them (summed FLOPs; median, geometric mean, minimum of the "
+                              "ratios)")  # fmt: skip
     p.add_argument("--stop-after", type=int, default=None,
                    help="stage1-efficiency: leave each run at this step (a later call continues it)")  # fmt: skip
     args = p.parse_args(argv)
@@ -99,11 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     if "stage1-efficiency" in args.case:
         from bench import stage1_efficiency
 
-        results.update(
-            stage1_efficiency.run_case(
-                Path(args.work), device=args.device, names=args.runs, stop_after=args.stop_after, seed=args.seed
+        if args.seeds:
+            results.update(
+                stage1_efficiency.run_seeds(
+                    args.work, args.seeds, device=args.device, names=args.runs, stop_after=args.stop_after
+                )
             )
-        )
+        else:
+            results.update(
+                stage1_efficiency.run_case(
+                    Path(args.work), device=args.device, names=args.runs, stop_after=args.stop_after, seed=args.seed
+                )
+            )
     results["seconds"] = time.perf_counter() - start
     text = json.dumps(results, indent=2)
     if args.json:

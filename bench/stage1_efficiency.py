@@ -13,6 +13,11 @@ Each run keeps its training state in WORK/NAME.pt after every probe, so a run st
 continues where it was (bit for bit: the data is a function of the step) and a finished run is read back from
 WORK/NAME.json. `--runs` measures some of the runs only (e.g. one per process, each with one thread), and
 `--stop-after` leaves each run at that step: a run stopped before TARGET still bounds the comparison ("> ratio").
+
+    python -m bench --case stage1-efficiency --seeds 0 1 2 3 4 --work 'runs/eff_s{seed}' --runs ours paper_lr0.0003
+
+measures (or reads back) the runs on each seed, each seed in its own WORK (`{seed}` replaced), and pools the
+comparisons: FLOPs to TARGET summed over the seeds, and the median, geometric mean and smallest of the seeds' ratios.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -347,3 +353,38 @@ def measure_step_flops(run: Run, *, teacher: str = preset.TEACHER, seed: int = 0
     """FLOPs of one step of `run`'s recipe (counted on a fresh model, on the CPU)."""
     model, composition, batches = _build(run, teacher, seed, "cpu")
     return step_flops(composition, batches(0))
+
+
+def pooled(comparisons: dict[int, dict]) -> dict:
+    """`against`'s comparisons on several seeds as one: ratio = the baselines' FLOPs to TARGET summed over the seeds /
+    ours' sum, with the per-seed ratios' median, geometric mean and minimum. Where ours did not reach TARGET on a seed
+    every ratio is None; where a seed's comparison is a bound, so are the pooled ones (`"bound": true`)."""
+    ratios = [c["ratio"] for c in comparisons.values()]
+    result: dict = {"ours": None, "baseline": sum(c["baseline"] for c in comparisons.values()),
+                    "unit": "FLOPs to 0.90, summed over the seeds", "ratio": None}  # fmt: skip
+    if all(r is not None for r in ratios):
+        result["ours"] = sum(c["ours"] for c in comparisons.values())
+        result["ratio"] = result["baseline"] / result["ours"]
+        result.update(median_ratio=statistics.median(ratios), geomean_ratio=statistics.geometric_mean(ratios),
+                      min_ratio=min(ratios))  # fmt: skip
+    if any(c.get("bound") for c in comparisons.values()):
+        result["bound"] = True
+    result["per_seed"] = {str(seed): c for seed, c in comparisons.items()}
+    return result
+
+
+def run_seeds(
+    work: str, seeds: list[int], *, device: str = "cpu", names: list[str] | None = None, stop_after: int | None = None
+) -> dict:
+    """`run_case` on each seed in WORK with `{seed}` replaced, and its comparisons `pooled` over the seeds."""
+    if "{seed}" not in work:
+        raise ValueError(f"with several seeds, --work must name each seed's folder with {{seed}}, got {work!r}")
+    cases = {
+        seed: run_case(Path(work.format(seed=seed)), device=device, names=names, stop_after=stop_after, seed=seed)
+        for seed in seeds
+    }
+    out: dict = {"stage1_runs_by_seed": {str(seed): case["stage1_runs"] for seed, case in cases.items()}}
+    for key in ("stage1_compute_efficiency", "stage1_compute_efficiency_vs_demo"):
+        if all(key in case for case in cases.values()):
+            out[key] = pooled({seed: case[key] for seed, case in cases.items()})
+    return out

@@ -5,8 +5,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import harness
-from bench.stage1_efficiency import PAPER_BUDGET, Run, against, demo_run, measure, measure_step_flops, paper_runs
+from bench.stage1_efficiency import (
+    PAPER_BUDGET,
+    Run,
+    against,
+    demo_run,
+    measure,
+    measure_step_flops,
+    paper_runs,
+    pooled,
+    run_seeds,
+)
 from vlv.shapes import preset
 from vlv.train.loop import OptimConfig
 from vlv.train.recipes import AutoencoderRecipe
@@ -77,6 +89,21 @@ def test_the_efficiency_ratio_is_exact_when_the_best_baseline_reached_and_a_boun
     # one that fell short after more compute than the best run needed changes nothing
     assert "bound" not in against(ours, [reached, {"reached": False, "flops": 50.0}])
     assert against({"reached": False, "flops": 99.0}, [reached])["ratio"] is None
+
+
+def test_pooled_efficiency_sums_the_seeds_compute_and_keeps_a_bound_or_a_miss():
+    exact = {0: against({"reached": True, "flops": 10.0}, [{"reached": True, "flops": 40.0}]),
+             1: against({"reached": True, "flops": 20.0}, [{"reached": True, "flops": 20.0}])}  # fmt: skip
+    result = pooled(exact)
+    assert (result["ours"], result["baseline"], result["ratio"]) == (30.0, 60.0, 2.0)  # not the mean ratio, 2.5
+    assert result["median_ratio"] == 2.5 and result["geomean_ratio"] == pytest.approx(2.0) and result["min_ratio"] == 1
+    assert "bound" not in result and result["per_seed"]["1"] == exact[1]
+    bounded = pooled({**exact, 2: against({"reached": True, "flops": 10.0}, [{"reached": False, "flops": 30.0}])})
+    assert bounded["bound"] and bounded["ratio"] == 90.0 / 40.0  # a lower bound: seed 2 needs more than 30
+    missed = pooled({**exact, 2: against({"reached": False, "flops": 99.0}, [{"reached": True, "flops": 30.0}])})
+    assert missed["ratio"] is None and missed["ours"] is None and "median_ratio" not in missed
+    with pytest.raises(ValueError, match="seed"):
+        run_seeds("runs/eff", [0, 1])  # one folder for every seed would mix their runs
 
 
 def test_the_papers_runs_get_at_least_four_times_the_former_demo_recipes_counted_compute():
