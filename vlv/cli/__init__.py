@@ -62,8 +62,8 @@ def dtype_flags() -> argparse.ArgumentParser:
     """`--dtype`: the dtype the model's weights and activations run in (every part, as `vlv.load(dtype=...)`)."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--dtype", choices=list(INFERENCE_DTYPES), default="fp32",
-                   help="weights and activations: fp32 (default) or bf16 (half the memory; faster on GPUs and on "
-                        "CPUs with bf16 matrix units)")  # fmt: skip
+                   help="weights and activations: fp32 (default) or bf16 (half the weights' memory; its speed "
+                        "depends on the device and batch, see the README's Performance)")  # fmt: skip
     return p
 
 
