@@ -4,6 +4,7 @@ vlv info --preset paper [--json]        parameters per component (built on the m
 vlv info --preset paper --memory        training memory per GPU of each stage and phase [--lora-rank R]
 vlv caption --model DIR IMAGE...        caption images with a saved model (or a preset name)
                                         [--florence DIR --teacher DIR --llm DIR: local copies of the parts]
+                                        [--dtype bf16: the model in bf16, also for reconstruct ... serve, eval]
 vlv caption --model DIR --out F.jsonl INPUTS...  resumable JSON lines; INPUTS: files, folders, .txt/.lst lists
 vlv reconstruct --model DIR --out DIR INPUTS...  one PNG per input + contact_sheet.png
 vlv compose --model DIR --out F.png A B [C...]   one image from the spliced z of several
@@ -25,6 +26,7 @@ import sys
 import torch
 
 from vlv.api import load
+from vlv.model import VLV
 
 # Command groups: module → adds its subcommands to the parser. The shapes world lives in its own package and is
 # imported here only to register its commands.
@@ -54,7 +56,8 @@ def sources(args: argparse.Namespace) -> dict:
     return dict(florence=args.florence, teacher=args.teacher, llm=args.llm)
 
 
-# The dtypes a model runs inference in (`--dtype` of the inference commands and `vlv serve`).
+# The dtypes a model runs in for the commands that use a trained one (`--dtype`: caption, reconstruct, compose,
+# embed, serve, eval).
 INFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -67,7 +70,7 @@ def dtype_flags() -> argparse.ArgumentParser:
     return p
 
 
-def load_model(args: argparse.Namespace, device: str | torch.device | None = None):
+def load_model(args: argparse.Namespace, device: str | torch.device | None = None) -> VLV:
     """The model an inference command's flags name (--model, the sources, --dtype, --stage1 where the command has
     it), on `device` (default: --device)."""
     return load(
