@@ -104,18 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     if "stage1-efficiency" in args.case:
         from bench import stage1_efficiency
 
+        runs = dict(device=args.device, names=args.runs, stop_after=args.stop_after)
         if args.seeds:
-            results.update(
-                stage1_efficiency.run_seeds(
-                    args.work, args.seeds, device=args.device, names=args.runs, stop_after=args.stop_after
-                )
-            )
+            results.update(stage1_efficiency.run_seeds(args.work, args.seeds, **runs))
         else:
-            results.update(
-                stage1_efficiency.run_case(
-                    Path(args.work), device=args.device, names=args.runs, stop_after=args.stop_after, seed=args.seed
-                )
-            )
+            results.update(stage1_efficiency.run_case(Path(args.work), seed=args.seed, **runs))
     results["seconds"] = time.perf_counter() - start
     text = json.dumps(results, indent=2)
     if args.json:

@@ -40,7 +40,10 @@ def timed_pass(model: VLV, pixels: torch.Tensor, batch: int) -> tuple[dict[str, 
     started: dict[str, float] = {}
 
     def start(name: str):
-        return lambda *_: started.__setitem__(name, time.perf_counter())
+        def hook(*_) -> None:
+            started[name] = time.perf_counter()
+
+        return hook
 
     def stop(name: str):
         def hook(*_) -> None:
@@ -52,14 +55,14 @@ def timed_pass(model: VLV, pixels: torch.Tensor, batch: int) -> tuple[dict[str, 
     for name, module in parts(model).items():
         hooks += [module.register_forward_pre_hook(start(name)), module.register_forward_hook(stop(name))]
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    start = time.perf_counter()
+    begun = time.perf_counter()
     try:
         for i in range(0, len(pixels), batch):
             model.caption(pixels[i : i + batch])
     finally:
         for hook in hooks:
             hook.remove()
-    total = time.perf_counter() - start
+    total = time.perf_counter() - begun
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     seconds["generation and the rest"] = total - sum(seconds.values())
     seconds["total"] = total

@@ -53,6 +53,11 @@ def compose_embeddings(zs: torch.Tensor, splits: list[int] | None = None) -> tor
 TIMESTEPS = ("uniform", "stratified")
 
 
+def antithetic_pairs(half: torch.Tensor) -> torch.Tensor:
+    """(N, ...) noises ε → (2N, ...) with rows 2i, 2i + 1 = ε_i, −ε_i: an image's copies in pairs (K even)."""
+    return torch.stack([half, -half], dim=1).flatten(0, 1)
+
+
 def draw_timesteps(
     images: int,
     K: int,
@@ -138,8 +143,7 @@ class Autoencoder(nn.Module):
             vae_noise.append(torch.randn(shape, generator=g))
             t.append(draw_timesteps(1, K, T, self.timesteps, g, logit_normal=self.timestep_logit_normal))
             if self.antithetic_noise:
-                halves = [torch.randn(shape, generator=g) for _ in range(K // 2)]
-                noise += [sign * e for e in halves for sign in (1, -1)]
+                noise += list(antithetic_pairs(torch.stack([torch.randn(shape, generator=g) for _ in range(K // 2)])))
             else:
                 noise += [torch.randn(shape, generator=g) for _ in range(K)]
         device = images.device
@@ -179,7 +183,7 @@ class Autoencoder(nn.Module):
         noise = None
         if self.antithetic_noise:
             half = torch.randn((latents.shape[0] // 2, *latents.shape[1:]), device=latents.device, dtype=latents.dtype)
-            noise = torch.stack([half, -half], dim=1).flatten(0, 1)  # copies 2i, 2i + 1 of an image: ε, −ε
+            noise = antithetic_pairs(half)
         return self.decoder.denoising_loss(latents, c, t=t, noise=noise)
 
 
