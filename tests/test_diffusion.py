@@ -2,10 +2,13 @@ import dataclasses
 
 import pytest
 import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch.utils.flop_counter import FlopCounterMode
 
 from vlv.conditioning import build_text_conditioner
 from vlv.config import SampleOptions
-from vlv.diffusion import build_diffusion_decoder
+from vlv.diffusion import build_diffusion_decoder, shares_context
+from vlv.train.flops import ATTENTION_ON_CPU
 
 WIDTH = 32  # the tiny text encoder's width
 
@@ -57,6 +60,56 @@ def test_loss_reaches_c_but_not_teacher_weights(tiny_config):
     dec.denoising_loss(torch.rand(2, 3, 16, 16), c).backward()
     assert c.grad.abs().sum() > 0
     assert all(p.grad is None and not p.requires_grad for p in dec.parameters())
+
+
+def _copies(B=2, K=3, seed=0):
+    """K noisy copies of each of B latents (grouped by latent), their noise and timesteps."""
+    g = torch.Generator().manual_seed(seed)
+    latents = (torch.rand(B, 3, 16, 16, generator=g) * 2 - 1).repeat_interleave(K, 0)
+    return latents, torch.randn(latents.shape, generator=g), torch.randint(0, 1000, (B * K,), generator=g)
+
+
+def test_copies_sharing_a_conditioning_get_the_loss_and_gradient_of_the_repeated_one(tiny_config):
+    dec = _decoder(tiny_config)
+    assert shares_context(dec.unet)
+    latents, noise, t = _copies(K=3)
+    c = _c(dec, 2).requires_grad_(True)
+    shared = dec.denoising_loss(latents, c, noise=noise, t=t)  # each c row serves 3 consecutive latents
+    (shared_grad,) = torch.autograd.grad(shared, c)
+    repeated = dec.denoising_loss(latents, c.repeat_interleave(3, 0), noise=noise, t=t)
+    (repeated_grad,) = torch.autograd.grad(repeated, c)
+    assert torch.allclose(shared, repeated, rtol=1e-6)
+    assert torch.allclose(shared_grad, repeated_grad, rtol=1e-4, atol=1e-9)
+    # grouped, not tiled: latents 0-2 read c[0], latents 3-5 c[1]
+    tiled = dec.denoising_loss(latents, c.repeat(3, 1, 1), noise=noise, t=t)
+    assert not torch.allclose(shared, tiled, rtol=1e-6)
+
+
+def test_a_shared_conditioning_is_projected_once_per_group(tiny_config):
+    dec = _decoder(tiny_config)
+    latents, noise, t = _copies(B=2, K=3)
+    c = _c(dec, 2)
+
+    def flops(c):
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=ATTENTION_ON_CPU) as counter:
+            dec.denoising_loss(latents, c, noise=noise, t=t)
+        return counter.get_total_flops()
+
+    layers = [m for m in dec.unet.modules() if isinstance(m, Attention) and m.is_cross_attention]
+    per_row = sum(2 * 2 * 77 * m.to_k.in_features * m.to_k.out_features for m in layers)  # keys and values
+    assert layers and flops(c.repeat_interleave(3, 0)) - flops(c) == per_row * 2 * (3 - 1)  # 2 of each 3 saved
+
+
+def test_a_cross_attention_processor_of_ones_own_gets_the_conditioning_repeated(tiny_config):
+    dec = _decoder(tiny_config)
+    latents, noise, t = _copies(K=2)
+    c = _c(dec, 2)
+    want = dec.denoising_loss(latents, c, noise=noise, t=t)
+    dec.unet.set_attn_processor(AttnProcessor2_0())  # e.g. a user's own processor
+    assert not shares_context(dec.unet)
+    assert torch.allclose(dec.denoising_loss(latents, c, noise=noise, t=t), want, rtol=1e-6)
+    with pytest.raises(ValueError, match="cannot share"):
+        dec.denoising_loss(latents[:3], c)
 
 
 @pytest.mark.parametrize("sampler", ["dpm++", "ddpm"])

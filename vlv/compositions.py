@@ -152,7 +152,7 @@ class Autoencoder(nn.Module):
         else:
             latents = dec.encode_images(to_batch(images, dec.cfg.image_size))  # pixel space: deterministic
         c = self.conditioner(self.encoder(to_batch(images, dec.cfg.image_size)))  # (B, 77, D)
-        latents, c = latents.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (B·K, ...)
+        latents = latents.repeat_interleave(K, dim=0)  # (B·K, ...); c stays (B, ...): K copies share it
         return dec.denoising_loss(latents, c, noise=torch.stack(noise).to(device), t=torch.cat(t).to(device))
 
     def _loss(self, batch: dict) -> torch.Tensor:
@@ -173,7 +173,7 @@ class Autoencoder(nn.Module):
             z = torch.cat([z[:B], compose_embeddings(z[B:].unflatten(0, (-1, 2)))])  # (B + P, 77, D)
         c = self.conditioner(z)  # gradients reach the encoder through c
         K = self.noises_per_image
-        latents, c = latents.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (·K, ...)
+        latents = latents.repeat_interleave(K, dim=0)  # (·K, ...); the K copies share their c (`denoising_loss`)
         if self.timesteps == "uniform" and self.timestep_logit_normal is None and not self.antithetic_noise:
             return self.decoder.denoising_loss(latents, c)  # t drawn there: the paper's recipe, as before
         T = self.decoder.scheduler.config.num_train_timesteps

@@ -11,12 +11,72 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
 from vlv.config import SampleOptions, TeacherConfig
 
 SAMPLERS = ("dpm++", "ddpm")
+
+
+class SharedContextAttention(AttnProcessor2_0):
+    """The teacher's cross-attention when K consecutive rows of the batch share one conditioning (the noisy copies
+    of one image in stage 1): the conditioning comes with one row per group, (B, L, D) against hidden states
+    (B·K, N, C), so its keys and values are projected once per group instead of once per copy, and the K copies'
+    queries attend to them as one sequence of K·N. The same attention as projecting the repeated conditioning, to
+    float rounding. With a conditioning per row (sampling, K = 1) it is diffusers' own SDPA processor."""
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        context = encoder_hidden_states
+        if context is None or context.shape[0] == hidden_states.shape[0]:
+            return super().__call__(attn, hidden_states, context, attention_mask, temb, **kwargs)
+        B, (BK, N, _) = context.shape[0], hidden_states.shape
+        unsupported = {"an attention mask": attention_mask is not None, "a spatial norm": attn.spatial_norm is not None,
+                       "a group norm": attn.group_norm is not None, "a cross norm": bool(attn.norm_cross),
+                       "4-d hidden states": hidden_states.ndim != 3}  # fmt: skip
+        if BK % B or any(unsupported.values()):
+            why = [name for name, hit in unsupported.items() if hit] or [f"{BK} rows for {B} conditionings"]
+            raise ValueError(f"a conditioning shared by several rows is not supported with {', '.join(why)}")
+        heads = attn.heads
+        query = attn.to_q(hidden_states)  # (B·K, N, inner)
+        key, value = attn.to_k(context), attn.to_v(context)  # (B, L, inner): once per conditioning
+        head_dim = key.shape[-1] // heads
+        # The rows are grouped by conditioning, so a group's K·N queries read as one sequence.
+        query = query.reshape(B, (BK // B) * N, heads, head_dim).transpose(1, 2)
+        key, value = (x.view(B, -1, heads, head_dim).transpose(1, 2) for x in (key, value))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        out = F.scaled_dot_product_attention(query, key, value)  # (B, heads, K·N, head_dim)
+        out = out.transpose(1, 2).reshape(BK, N, heads * head_dim).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+def share_context(unet: UNet2DConditionModel) -> None:
+    """Give the UNet's cross-attention layers that run diffusers' default SDPA processor `SharedContextAttention`
+    (others, e.g. a user's own processor, are left as they are)."""
+    for module in unet.modules():
+        if isinstance(module, Attention) and module.is_cross_attention and type(module.processor) is AttnProcessor2_0:
+            module.set_processor(SharedContextAttention())
+
+
+def shares_context(unet: UNet2DConditionModel) -> bool:
+    """Whether every cross-attention layer of `unet` takes a conditioning shared by consecutive rows."""
+    layers = [m for m in unet.modules() if isinstance(m, Attention) and m.is_cross_attention]
+    return all(isinstance(m.processor, SharedContextAttention) for m in layers)
 
 
 class DiffusionDecoder(nn.Module):
@@ -28,6 +88,7 @@ class DiffusionDecoder(nn.Module):
         self.unet = unet
         self.vae = vae
         self.scheduler = scheduler
+        share_context(unet)
         self.requires_grad_(False)
         self.eval()
 
@@ -86,12 +147,18 @@ class DiffusionDecoder(nn.Module):
     ) -> torch.Tensor:
         """Plain diffusion loss of the frozen UNet conditioned on c; gradients reach c (and through it z).
 
-        latents: (B, C, h, w); c: (B, 77, D). t ~ U{0..T-1} and fresh noise per sample, drawn from `generator`
+        latents: (B, C, h, w); c: (B, 77, D), or (B / K, 77, D) when each conditioning serves K consecutive latents
+        (the noisy copies of one image; the teacher then projects each conditioning once, `SharedContextAttention`).
+        t ~ U{0..T-1} and fresh noise per sample, drawn from `generator`
         (the global torch RNG when None, which the training loop saves and restores) unless given as `noise`
         (B, C, h, w) and `t` (B,).
         The regression target is ε or v, whichever the teacher's scheduler was trained to predict.
         """
         B = latents.shape[0]
+        if B % c.shape[0]:
+            raise ValueError(f"{B} latents cannot share {c.shape[0]} conditionings (each must serve as many latents)")
+        if c.shape[0] != B and not shares_context(self.unet):  # a cross-attention processor of the user's own
+            c = c.repeat_interleave(B // c.shape[0], dim=0)
         T = self.scheduler.config.num_train_timesteps
         if noise is None:
             noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
