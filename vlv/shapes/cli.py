@@ -40,7 +40,7 @@ def add_commands(sub) -> None:
         choices=("committed", "from-scratch"),
         default="committed",
         help="committed: the committed encoder's (2,000 + 3,500 steps); from-scratch: `vlv demo --from-scratch`'s "
-        "(400 + 900 steps with the stage-1 efficiency case's tuned optimizer settings)",
+        "(400 + 1,200 steps with the stage-1 efficiency case's tuned optimizer settings)",
     )
     p.add_argument("--steps", type=int, default=None, help="steps on renders only (32 per step; default: the recipe's)")
     p.add_argument(
