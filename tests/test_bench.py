@@ -110,7 +110,8 @@ def test_the_papers_runs_get_at_least_four_times_the_former_demo_recipes_counted
     demo, paper = demo_run(), paper_runs(PAPER_BUDGET)[0]
     assert paper.budget == PAPER_BUDGET
     demo_compute = demo.budget * measure_step_flops(demo)
-    assert 4 * demo_compute <= PAPER_BUDGET * measure_step_flops(paper) < 4.1 * demo_compute
+    # 4.27×: the former demo recipe's 4 copies of a render now share the teacher's keys and values (123.3 TFLOP)
+    assert 4 * demo_compute <= PAPER_BUDGET * measure_step_flops(paper) < 4.3 * demo_compute
 
 
 def test_attribute_probe_labels_each_quadrant_and_ignores_empty_ones():
