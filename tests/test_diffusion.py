@@ -2,12 +2,12 @@ import dataclasses
 
 import pytest
 import torch
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.attention_processor import AttnProcessor2_0
 from torch.utils.flop_counter import FlopCounterMode
 
 from vlv.conditioning import build_text_conditioner
 from vlv.config import SampleOptions
-from vlv.diffusion import build_diffusion_decoder, shares_context
+from vlv.diffusion import build_diffusion_decoder, cross_attention_layers, shares_context
 from vlv.train.flops import ATTENTION_ON_CPU
 
 WIDTH = 32  # the tiny text encoder's width
@@ -95,7 +95,7 @@ def test_a_shared_conditioning_is_projected_once_per_group(tiny_config):
             dec.denoising_loss(latents, c, noise=noise, t=t)
         return counter.get_total_flops()
 
-    layers = [m for m in dec.unet.modules() if isinstance(m, Attention) and m.is_cross_attention]
+    layers = cross_attention_layers(dec.unet)
     per_row = sum(2 * 2 * 77 * m.to_k.in_features * m.to_k.out_features for m in layers)  # keys and values
     assert layers and flops(c.repeat_interleave(3, 0)) - flops(c) == per_row * 2 * (3 - 1)  # 2 of each 3 saved
 

@@ -65,18 +65,21 @@ class SharedContextAttention(AttnProcessor2_0):
         return out / attn.rescale_output_factor
 
 
+def cross_attention_layers(unet: UNet2DConditionModel) -> list[Attention]:
+    return [m for m in unet.modules() if isinstance(m, Attention) and m.is_cross_attention]
+
+
 def share_context(unet: UNet2DConditionModel) -> None:
     """Give the UNet's cross-attention layers that run diffusers' default SDPA processor `SharedContextAttention`
     (others, e.g. a user's own processor, are left as they are)."""
-    for module in unet.modules():
-        if isinstance(module, Attention) and module.is_cross_attention and type(module.processor) is AttnProcessor2_0:
-            module.set_processor(SharedContextAttention())
+    for layer in cross_attention_layers(unet):
+        if type(layer.processor) is AttnProcessor2_0:
+            layer.set_processor(SharedContextAttention())
 
 
 def shares_context(unet: UNet2DConditionModel) -> bool:
     """Whether every cross-attention layer of `unet` takes a conditioning shared by consecutive rows."""
-    layers = [m for m in unet.modules() if isinstance(m, Attention) and m.is_cross_attention]
-    return all(isinstance(m.processor, SharedContextAttention) for m in layers)
+    return all(isinstance(layer.processor, SharedContextAttention) for layer in cross_attention_layers(unet))
 
 
 class DiffusionDecoder(nn.Module):
