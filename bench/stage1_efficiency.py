@@ -72,6 +72,7 @@ class Run:
     z_init_scale: float = 1.0  # φ's last layer drawn at this × its default init (z's scale at step 0)
     z_offset: bool = False  # z starts at the teacher's empty prompt (`EncoderConfig.empty_prompt_offset`)
     antithetic: bool = False  # the two noisy copies of a render: ε and −ε
+    z_centered: bool = False  # the offset also cancels φ's output common to the images: z's batch-0 mean starts there
 
     @property
     def budget(self) -> int:
@@ -144,7 +145,8 @@ def ours_variants() -> list[Run]:
     weight matrices (`--optimizer muon`), z starting at the teacher's empty prompt (`--empty-prompt-offset`), and that
     with the vision tower at half the lr (`ours_z0_vision_lr0.5x`: today's ours). Screens of today's ours
     (`ours_z0v_*`): 10 warmup steps, z's scale at step 0 at 0.25× and 2×, the peak lr at 8e-4, Muon, the timestep
-    density's std at 0.7 and 1.3, the clip at 0.05, and antithetic noise (an image's two copies at ε and −ε)."""
+    density's std at 0.7 and 1.3, the clip at 0.05, antithetic noise (an image's two copies at ε and −ε), and z's
+    mean over the first batch at the empty prompt (`ours_centered`: the offset also cancels φ's common output)."""
     return [
         Run("ours_cosine800", _ours_with(steps=800)),
         Run("ours_cosine3200", _ours_with(steps=3200)),
@@ -175,6 +177,7 @@ def ours_variants() -> list[Run]:
         Run("ours_z0v_lr8e-4", _ours_z0v(lr=8e-4), z_offset=True),
         Run("ours_z0v_muon", _ours_z0v(optimizer="muon"), z_offset=True),
         Run("ours_z0v_antithetic", _ours_z0v(), z_offset=True, antithetic=True),
+        Run("ours_centered", _ours_z0v(), z_offset=True, z_centered=True),
         Run("ours_z0v_std1.3", dataclasses.replace(_ours_z0v(), timestep_logit_normal=(-0.5, 1.3)), z_offset=True),
         Run("ours_z0v_clip0.05", _ours_z0v(grad_clip=0.05), z_offset=True),
         Run("ours_z0v_std0.7", dataclasses.replace(_ours_z0v(), timestep_logit_normal=(-0.5, 0.7)), z_offset=True),
@@ -219,6 +222,12 @@ def _build(run: Run, teacher: str, seed: int, device: str):
     def batches(step: int) -> dict:
         return {name: x.to(device) for name, x in renders(step).items()}
 
+    if run.z_centered:
+        with torch.no_grad():
+            model.encoder.eval()
+            z = model.encoder(renders(0)["images"].to(device))
+            empty = model.conditioner.prompt_embeddings([""])[0][: z.shape[1]]
+            model.encoder.projection[-1].offset.sub_(z.mean(0) - empty)
     composition = autoencoder_of(model, run.recipe)
     composition.antithetic_noise = run.antithetic
     return model, composition, batches
@@ -232,6 +241,8 @@ def run_key(run: Run, teacher: str, seed: int, probe_every: int) -> dict:
         key["z_offset"] = True
     if run.antithetic:
         key["antithetic"] = True
+    if run.z_centered:
+        key["z_centered"] = True
     if run.z_init_scale != 1.0:  # absent otherwise, so that runs measured before the option keep their keys
         key["z_init_scale"] = run.z_init_scale
     return key

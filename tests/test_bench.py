@@ -1,22 +1,27 @@
 """The benchmark's measuring tools (`bench/`): what they report must follow what happened."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import harness
 from bench.stage1_efficiency import (
     PAPER_BUDGET,
     Run,
+    _build,
     against,
     demo_run,
     measure,
     measure_step_flops,
+    ours_run,
     paper_runs,
     pooled,
+    run_key,
     run_seeds,
 )
 from vlv.shapes import preset
@@ -104,6 +109,23 @@ def test_pooled_efficiency_sums_the_seeds_compute_and_keeps_a_bound_or_a_miss():
     assert missed["ratio"] is None and missed["ours"] is None and "median_ratio" not in missed
     with pytest.raises(ValueError, match="seed"):
         run_seeds("runs/eff", [0, 1])  # one folder for every seed would mix their runs
+
+
+def test_a_centered_start_puts_z_mean_over_the_first_batch_at_the_empty_prompt_and_only_moves_the_offset():
+    plain = Run("z0", ours_run().recipe, z_offset=True)
+    centered = dataclasses.replace(plain, name="centered", z_centered=True)
+    (model, _, batches), (other, _, _) = (
+        _build(centered, preset.TEACHER, 0, "cpu"),
+        _build(plain, preset.TEACHER, 0, "cpu"),
+    )
+    empty = model.conditioner.prompt_embeddings([""])[0][:77]
+    with torch.no_grad():
+        z, z_plain = model.encoder.eval()(batches(0)["images"]), other.encoder.eval()(batches(0)["images"])
+    assert torch.allclose(z.mean(0), empty, atol=1e-5)
+    assert (z_plain.mean(0) - empty).std() > 0.1  # without it, φ's common output sits far from the empty prompt
+    assert torch.allclose(z - z.mean(0), z_plain - z_plain.mean(0), atol=1e-5)  # what varies with the image is kept
+    key = run_key(centered, preset.TEACHER, 0, 50)
+    assert key["z_centered"] and "z_centered" not in run_key(plain, preset.TEACHER, 0, 50)
 
 
 def test_the_papers_runs_get_at_least_four_times_the_former_demo_recipes_counted_compute():

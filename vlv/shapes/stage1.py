@@ -115,9 +115,9 @@ def two_segments(
 # an encoder that sees the image from step 0 (`vlv.encoder.open_cross_attention`), 2 noisy copies per render with the
 # efficiency case's tuned settings (its `ours`, z starting at the teacher's empty prompt), 400 steps on renders at lr
 # 6e-4, then 1,200 with 24 composition triples per step at lr 1e-3. Composition is what needs the steps (the demo's
-# 100 pairs, bar 0.70; `python -m bench.composition_segment`): with 1,200, 1.00 / 0.90 on seeds 0 / 1; with 900, 0.77
-# on seed 0 once the noisy copies shared the teacher's keys and values (the same arithmetic to float rounding), and
-# before that 0.93 / 0.85 / 0.87 on seeds 0 / 1 / 2; before z's
+# 100 pairs, bar 0.70; `python -m bench.composition_segment`): with 1,200, 1.00 / 0.90 / 0.95 on seeds 0 / 1 / 2;
+# with 900, 0.77 on seed 0 once the noisy copies shared the teacher's keys and values (the same arithmetic to float
+# rounding), and before that 0.93 / 0.85 / 0.87 on seeds 0 / 1 / 2; before z's
 # start at the empty prompt and the vision tower's half lr 0.92 / 0.76 / 0.77 (0.72 on seed 1 of another machine);
 # untuned (β2 0.99, clip 1, EMA 0.99, uniform stratified t, renders at lr 1e-3) 0.77 / 0.52 / 0.73, and with 650
 # composition steps 0.73, 0.32 and 0.44 on three machines (each CPU trains its own stage 1); with 200 + 850 steps
