@@ -73,6 +73,7 @@ class Run:
     z_offset: bool = False  # z starts at the teacher's empty prompt (`EncoderConfig.empty_prompt_offset`)
     antithetic: bool = False  # the two noisy copies of a render: ε and −ε
     z_centered: bool = False  # the offset also cancels φ's output common to the images: z's batch-0 mean starts there
+    vision_from: int = 0  # the vision side (random-init on shapes) gets gradients from this step on, frozen before it
 
     @property
     def budget(self) -> int:
@@ -146,7 +147,8 @@ def ours_variants() -> list[Run]:
     with the vision tower at half the lr (`ours_z0_vision_lr0.5x`: today's ours). Screens of today's ours
     (`ours_z0v_*`): 10 warmup steps, z's scale at step 0 at 0.25× and 2×, the peak lr at 8e-4, Muon, the timestep
     density's std at 0.7 and 1.3, the clip at 0.05, antithetic noise (an image's two copies at ε and −ε), and z's
-    mean over the first batch at the empty prompt (`ours_centered`: the offset also cancels φ's common output)."""
+    mean over the first batch at the empty prompt (`ours_centered`: the offset also cancels φ's common output), and
+    the vision side frozen for the first 300 steps (`ours_vision_from300`)."""
     return [
         Run("ours_cosine800", _ours_with(steps=800)),
         Run("ours_cosine3200", _ours_with(steps=3200)),
@@ -178,6 +180,7 @@ def ours_variants() -> list[Run]:
         Run("ours_z0v_muon", _ours_z0v(optimizer="muon"), z_offset=True),
         Run("ours_z0v_antithetic", _ours_z0v(), z_offset=True, antithetic=True),
         Run("ours_centered", _ours_z0v(), z_offset=True, z_centered=True),
+        Run("ours_vision_from300", _ours_z0v(), z_offset=True, vision_from=300),
         Run("ours_z0v_std1.3", dataclasses.replace(_ours_z0v(), timestep_logit_normal=(-0.5, 1.3)), z_offset=True),
         Run("ours_z0v_clip0.05", _ours_z0v(grad_clip=0.05), z_offset=True),
         Run("ours_z0v_std0.7", dataclasses.replace(_ours_z0v(), timestep_logit_normal=(-0.5, 0.7)), z_offset=True),
@@ -243,6 +246,8 @@ def run_key(run: Run, teacher: str, seed: int, probe_every: int) -> dict:
         key["antithetic"] = True
     if run.z_centered:
         key["z_centered"] = True
+    if run.vision_from:
+        key["vision_from"] = run.vision_from
     if run.z_init_scale != 1.0:  # absent otherwise, so that runs measured before the option keep their keys
         key["z_init_scale"] = run.z_init_scale
     return key
@@ -269,6 +274,12 @@ def measure(
         return finished["value"]
     model, composition, batches = _build(run, teacher, seed, device)
     flops = step_flops(composition, batches(0))
+    if run.vision_from:
+        if run.vision_from % probe_every:
+            raise ValueError(f"{run.name}: vision_from {run.vision_from} is no multiple of probe_every {probe_every}")
+        _vision_grads(model, False)
+        flops_frozen = step_flops(composition, batches(0))  # no backward through the vision side
+        _vision_grads(model, True)
     trainer = Trainer(composition, dataclasses.replace(run.recipe.optim, seed=seed), desc=f"stage 1 ({run.name})")
     probe = Stage1Probe(model, seed)
     curve: list[dict] = []
@@ -283,6 +294,7 @@ def measure(
     while trainer.step < run.budget and not (curve and curve[-1]["recovered"] >= TARGET):
         if curve and stop_after is not None and trainer.step >= stop_after:
             break
+        _vision_grads(model, trainer.step >= run.vision_from)
         trainer.run(batches, until=min(trainer.step + probe_every, run.budget), log_every=probe_every)
         model.eval()
         with trainer.ema_weights() if trainer.ema is not None else contextlib.nullcontext():
@@ -300,7 +312,9 @@ def measure(
         "finished": reached or steps >= run.budget,
         "reached": reached,
         "steps": steps,
-        "flops": steps * flops,
+        "flops": steps * flops
+        if not run.vision_from
+        else (min(steps, run.vision_from) * flops_frozen + max(steps - run.vision_from, 0) * flops),
         "flops_per_step": flops,
         "seconds": curve[-1]["seconds"],
         "renders": steps * run.recipe.batch_size,
@@ -314,6 +328,14 @@ def measure(
     os.replace(tmp, done)
     state_file.unlink(missing_ok=True)
     return value
+
+
+def _vision_grads(model: VLV, on: bool) -> None:
+    """Whether the encoder's vision side gets gradients (frozen: no backward through it, eval mode in training)."""
+    encoder = model.encoder
+    encoder.vision_trainable = on
+    encoder.florence.vision_tower.requires_grad_(on)
+    encoder.florence.multi_modal_projector.requires_grad_(on)
 
 
 def all_runs() -> list[Run]:

@@ -83,6 +83,23 @@ def test_a_stopped_efficiency_run_continues_and_a_finished_one_is_read_back(tmp_
     assert measure(Run("tiny", recipe), tmp_path, probe_every=2) == result  # read back, not trained again
 
 
+def test_a_run_whose_vision_side_trains_late_counts_its_frozen_steps_cheaper_and_leaves_that_side_unchanged(tmp_path):
+    recipe = AutoencoderRecipe(OptimConfig(steps=3, lr=1e-3, warmup_steps=1), 4, preset.STAGE1_PARTS, 1)
+    late = Run("late", recipe, vision_from=2)
+    with pytest.raises(ValueError, match="multiple"):
+        measure(late, tmp_path, probe_every=3)
+    stopped = measure(late, tmp_path, probe_every=2, stop_after=2)
+    params = torch.load(tmp_path / "late.pt")["trainer"]["params"]
+    init = _build(late, preset.TEACHER, 0, "cpu")[0].encoder.state_dict()  # the same init
+    tower = {k.removeprefix("encoder."): v for k, v in params.items() if "vision_tower" in k}
+    assert tower and all(torch.equal(v, init[k]) for k, v in tower.items())  # frozen for 2 steps
+    assert not torch.equal(params["encoder.queries"], init["queries"])  # while the rest trained
+    assert 0 < stopped["flops"] < 2 * stopped["flops_per_step"]  # no backward through the vision side
+    frozen = stopped["flops"] / 2
+    result = measure(late, tmp_path, probe_every=2)  # step 3 trains the vision side too
+    assert result["flops"] == 2 * frozen + result["flops_per_step"]
+
+
 def test_the_efficiency_ratio_is_exact_when_the_best_baseline_reached_and_a_bound_when_a_run_fell_short_first():
     ours = {"reached": True, "flops": 10.0}
     reached, short = {"reached": True, "flops": 40.0}, {"reached": False, "flops": 30.0}
