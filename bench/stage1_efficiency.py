@@ -146,9 +146,9 @@ def ours_variants() -> list[Run]:
     weight matrices (`--optimizer muon`), z starting at the teacher's empty prompt (`--empty-prompt-offset`), and that
     with the vision tower at half the lr (`ours_z0_vision_lr0.5x`: today's ours). Screens of today's ours
     (`ours_z0v_*`): 10 warmup steps, z's scale at step 0 at 0.25× and 2×, the peak lr at 8e-4, Muon, the timestep
-    density's std at 0.7 and 1.3, the clip at 0.05, antithetic noise (an image's two copies at ε and −ε), and z's
-    mean over the first batch at the empty prompt (`ours_centered`: the offset also cancels φ's common output), and
-    the vision side frozen for the first 300 steps (`ours_vision_from300`)."""
+    density's std at 0.7 and 1.3, the clip at 0.05, antithetic noise (an image's two copies at ε and −ε), z's mean
+    over the first batch at the empty prompt (`ours_centered`: the offset also cancels φ's common output), the vision
+    side frozen for the first 300 steps (`ours_vision_from300`), and BART at twice the lr (`ours_bart_lr2x`)."""
     return [
         Run("ours_cosine800", _ours_with(steps=800)),
         Run("ours_cosine3200", _ours_with(steps=3200)),
@@ -181,6 +181,11 @@ def ours_variants() -> list[Run]:
         Run("ours_z0v_antithetic", _ours_z0v(), z_offset=True, antithetic=True),
         Run("ours_centered", _ours_z0v(), z_offset=True, z_centered=True),
         Run("ours_vision_from300", _ours_z0v(), z_offset=True, vision_from=300),
+        Run(
+            "ours_bart_lr2x",
+            _ours_z0v(lr_scales=(*TUNED_LR_SCALES, ("encoder.florence.language_model", 2.0))),
+            z_offset=True,
+        ),
         Run("ours_z0v_std1.3", dataclasses.replace(_ours_z0v(), timestep_logit_normal=(-0.5, 1.3)), z_offset=True),
         Run("ours_z0v_clip0.05", _ours_z0v(grad_clip=0.05), z_offset=True),
         Run("ours_z0v_std0.7", dataclasses.replace(_ours_z0v(), timestep_logit_normal=(-0.5, 0.7)), z_offset=True),
