@@ -299,7 +299,8 @@ def measure(
     while trainer.step < run.budget and not (curve and curve[-1]["recovered"] >= TARGET):
         if curve and stop_after is not None and trainer.step >= stop_after:
             break
-        _vision_grads(model, trainer.step >= run.vision_from)
+        if run.vision_from:  # a run without it keeps its recipe's trainable parts as they are
+            _vision_grads(model, trainer.step >= run.vision_from)
         trainer.run(batches, until=min(trainer.step + probe_every, run.budget), log_every=probe_every)
         model.eval()
         with trainer.ema_weights() if trainer.ema is not None else contextlib.nullcontext():
