@@ -131,6 +131,9 @@ def _ours_with(recipe_changes: dict | None = None, **optim) -> AutoencoderRecipe
     return with_optim(recipe, **optim)
 
 
+BART_2X = (*TUNED_LR_SCALES, ("encoder.florence.language_model", 2.0))  # ours' lr scales with BART at twice the lr
+
+
 def ours_variants() -> list[Run]:
     """What each change does. `ours_beta2_0.99`: ours with the paper's β2 (0.99), and the one-change screens of it (as
     they were measured): one noisy copy per render, the cosine over 800 or 3,200 steps, the projection and queries at
@@ -148,7 +151,8 @@ def ours_variants() -> list[Run]:
     (`ours_z0v_*`): 10 warmup steps, z's scale at step 0 at 0.25× and 2×, the peak lr at 8e-4, Muon, the timestep
     density's std at 0.7 and 1.3, the clip at 0.05, antithetic noise (an image's two copies at ε and −ε), z's mean
     over the first batch at the empty prompt (`ours_centered`: the offset also cancels φ's common output), the vision
-    side frozen for the first 300 steps (`ours_vision_from300`), and BART at twice the lr (`ours_bart_lr2x`)."""
+    side frozen for the first 300 steps (`ours_vision_from300`), and BART at twice the lr (`ours_bart_lr2x`), also with
+    antithetic noise."""
     return [
         Run("ours_cosine800", _ours_with(steps=800)),
         Run("ours_cosine3200", _ours_with(steps=3200)),
@@ -181,11 +185,8 @@ def ours_variants() -> list[Run]:
         Run("ours_z0v_antithetic", _ours_z0v(), z_offset=True, antithetic=True),
         Run("ours_centered", _ours_z0v(), z_offset=True, z_centered=True),
         Run("ours_vision_from300", _ours_z0v(), z_offset=True, vision_from=300),
-        Run(
-            "ours_bart_lr2x",
-            _ours_z0v(lr_scales=(*TUNED_LR_SCALES, ("encoder.florence.language_model", 2.0))),
-            z_offset=True,
-        ),
+        Run("ours_bart_lr2x", _ours_z0v(lr_scales=BART_2X), z_offset=True),
+        Run("ours_bart_lr2x_antithetic", _ours_z0v(lr_scales=BART_2X), z_offset=True, antithetic=True),
         Run("ours_z0v_std1.3", dataclasses.replace(_ours_z0v(), timestep_logit_normal=(-0.5, 1.3)), z_offset=True),
         Run("ours_z0v_clip0.05", _ours_z0v(grad_clip=0.05), z_offset=True),
         Run("ours_z0v_std0.7", dataclasses.replace(_ours_z0v(), timestep_logit_normal=(-0.5, 0.7)), z_offset=True),
