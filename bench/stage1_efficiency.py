@@ -46,7 +46,7 @@ from vlv.shapes.stage1 import (
     stage1_batches,
     with_optim,
 )
-from vlv.train.flops import step_flops
+from vlv.train.flops import step_flops, training_flops
 from vlv.train.loop import Trainer
 from vlv.train.recipes import AutoencoderRecipe, autoencoder_of, recipe_dict
 
@@ -279,13 +279,13 @@ def measure(
     if finished is not None and finished["key"] == key:
         return finished["value"]
     model, composition, batches = _build(run, teacher, seed, device)
-    flops = step_flops(composition, batches(0))
+    flops = flops_frozen = step_flops(composition, batches(0))
     if run.vision_from:
         if run.vision_from % probe_every:
             raise ValueError(f"{run.name}: vision_from {run.vision_from} is no multiple of probe_every {probe_every}")
-        _vision_grads(model, False)
+        model.encoder.set_vision_trainable(False)
         flops_frozen = step_flops(composition, batches(0))  # no backward through the vision side
-        _vision_grads(model, True)
+        model.encoder.set_vision_trainable(True)
     trainer = Trainer(composition, dataclasses.replace(run.recipe.optim, seed=seed), desc=f"stage 1 ({run.name})")
     probe = Stage1Probe(model, seed)
     curve: list[dict] = []
@@ -301,7 +301,7 @@ def measure(
         if curve and stop_after is not None and trainer.step >= stop_after:
             break
         if run.vision_from:  # a run without it keeps its recipe's trainable parts as they are
-            _vision_grads(model, trainer.step >= run.vision_from)
+            model.encoder.set_vision_trainable(trainer.step >= run.vision_from)
         trainer.run(batches, until=min(trainer.step + probe_every, run.budget), log_every=probe_every)
         model.eval()
         with trainer.ema_weights() if trainer.ema is not None else contextlib.nullcontext():
@@ -315,13 +315,12 @@ def measure(
         os.replace(tmp, state_file)
     reached = curve[-1]["recovered"] >= TARGET
     steps = curve[-1]["step"]
+    frozen_steps = min(steps, run.vision_from)  # steps without the vision side's backward
     value = {
         "finished": reached or steps >= run.budget,
         "reached": reached,
         "steps": steps,
-        "flops": steps * flops
-        if not run.vision_from
-        else (min(steps, run.vision_from) * flops_frozen + max(steps - run.vision_from, 0) * flops),
+        "flops": training_flops([(frozen_steps, flops_frozen), (steps - frozen_steps, flops)]),
         "flops_per_step": flops,
         "seconds": curve[-1]["seconds"],
         "renders": steps * run.recipe.batch_size,
@@ -335,14 +334,6 @@ def measure(
     os.replace(tmp, done)
     state_file.unlink(missing_ok=True)
     return value
-
-
-def _vision_grads(model: VLV, on: bool) -> None:
-    """Whether the encoder's vision side gets gradients (frozen: no backward through it, eval mode in training)."""
-    encoder = model.encoder
-    encoder.vision_trainable = on
-    encoder.florence.vision_tower.requires_grad_(on)
-    encoder.florence.multi_modal_projector.requires_grad_(on)
 
 
 def all_runs() -> list[Run]:

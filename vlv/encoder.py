@@ -99,12 +99,17 @@ class VLVEncoder(nn.Module):
         unknown = set(parts) - set(SUBPARTS)
         if unknown:
             raise ValueError(f"unknown encoder parts {sorted(unknown)}; choose from {tuple(SUBPARTS)}")
-        self.vision_trainable = "vision" in parts
-        self.florence.vision_tower.requires_grad_(self.vision_trainable)
-        self.florence.multi_modal_projector.requires_grad_(self.vision_trainable)
+        self.set_vision_trainable("vision" in parts)
         self.florence.language_model.requires_grad_("language_model" in parts)
         self.queries.requires_grad_("queries" in parts)
         self.projection.requires_grad_("projection" in parts)
+
+    def set_vision_trainable(self, trainable: bool) -> None:
+        """Whether the vision side (DaViT + image projection) gets gradients; frozen, it runs without a backward and
+        in eval mode in training. The other parts keep their state."""
+        self.vision_trainable = trainable
+        self.florence.vision_tower.requires_grad_(trainable)
+        self.florence.multi_modal_projector.requires_grad_(trainable)
 
     def train(self, mode: bool = True) -> VLVEncoder:
         super().train(mode)
