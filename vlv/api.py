@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
 from vlv.model import VLV
 from vlv.parts import with_sources
+from vlv.precision import slow_bf16_message
 from vlv.presets import preset
 
 
@@ -41,4 +43,6 @@ def load(
         raise FileNotFoundError(f"no VLV checkpoint directory at {name_or_directory}")
     if stage1 is not None:
         model.use_stage1(stage1)
+    if dtype == torch.bfloat16 and (slow := slow_bf16_message(device)):
+        warnings.warn(slow, stacklevel=2)
     return model.to(device=device, dtype=dtype).eval()

@@ -66,7 +66,8 @@ def dtype_flags() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--dtype", choices=list(INFERENCE_DTYPES), default="fp32",
                    help="weights and activations: fp32 (default) or bf16 (half the weights' memory; its speed "
-                        "depends on the device and batch, see the README's Performance)")  # fmt: skip
+                        "depends on the device and batch, see the README's Performance; on a CPU without native "
+                        "bf16 kernels, e.g. AVX2 only, several times slower, with a warning)")  # fmt: skip
     return p
 
 

@@ -40,6 +40,7 @@ from vlv.data.readers import open_source
 from vlv.data.stream import DataStream
 from vlv.images import UnreadableImage, decode_image, preprocess
 from vlv.model import VLV
+from vlv.precision import slow_bf16_message
 from vlv.train import checkpoints
 from vlv.train.loop import OptimConfig, Trainer, recipe_dict, rng_state, set_rng_state
 from vlv.train.observe import image_grid, loss_curve_png
@@ -223,6 +224,8 @@ class _Run:
     def __init__(self, model, phases, run, accelerator, *, resume, load_model):
         if run.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"unknown mixed precision '{run.mixed_precision}'; choose one of {MIXED_PRECISION}")
+        if run.mixed_precision == "bf16" and (slow := slow_bf16_message(accelerator.device)):
+            log.warning("--mixed-precision bf16: %s", slow)
         self.phases, self.run, self.acc = phases, run, accelerator
         self.out = Path(run.out)
         self.root = self.out / "checkpoints"
