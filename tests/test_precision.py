@@ -15,6 +15,7 @@ def test_a_cpu_is_native_exactly_where_onednn_has_bf16_kernels():
     warnings below would fall silent (on an AVX2-only CPU bf16 captioning ran 5.7x slower than float32)."""
     assert bf16_is_native("cpu") == torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert (slow_bf16_message("cpu") is None) == bf16_is_native("cpu")
+    assert bf16_is_native("cuda") == (not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] >= 8)
 
 
 def test_loading_in_bf16_warns_exactly_where_bf16_is_not_native(recwarn):
@@ -31,4 +32,4 @@ def test_bf16_mixed_precision_training_warns_exactly_where_bf16_is_not_native(tm
     write_images(tmp_path / "images", 4)
     with caplog.at_level("WARNING"):
         assert main(train_args(tmp_path / "out", tmp_path / "images", "--mixed-precision", "bf16", steps=1)) == 0
-    assert ("--mixed-precision bf16: bf16 on this cpu has no native kernels" in caplog.text) != bf16_is_native("cpu")
+    assert ("--mixed-precision bf16: bf16 on this CPU has no native kernels" in caplog.text) != bf16_is_native("cpu")
