@@ -12,25 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from bench.harness import interleaved, synchronize
 from bench.stage1_step import _steps
 from vlv.train.flops import step_flops
 
 
 def top_operators(step, *, steps: int, rows: int, device: str) -> dict:
     """Profile `steps` calls of `step`; the `rows` operators with the most self time, per step."""
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    cuda = torch.device(device).type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         for _ in range(steps):
             step()
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-    cuda = torch.device(device).type == "cuda"
+        synchronize(device)
 
     def self_us(event) -> float:
         return event.self_device_time_total if cuda else event.self_cpu_time_total
@@ -56,18 +53,7 @@ def top_operators(step, *, steps: int, rows: int, device: str) -> dict:
 def run(device: str = "cpu", *, batch_size: int = 8, steps: int = 3, rows: int = 15) -> dict:
     case = _steps(device, batch_size)
     ours = case["ours"]
-
-    def timed() -> float:
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        ours()
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    timed()  # warm-up: the optimizer's state, the allocator
-    seconds = statistics.median(timed() for _ in range(5))
+    seconds = interleaved({"ours": ours}, repeats=5, device=device)["ours"]["median"]  # after a warm-up step
     flops = step_flops(case["composition"], case["batch"])
     return {
         "device": device,
