@@ -417,6 +417,35 @@ def test_lr_scales_multiply_the_learning_rate_of_the_parameters_they_name(tiny_c
     assert "lr_scales" not in recipe_dict(AutoencoderRecipe(OptimConfig(steps=4)))["optim"]  # older records' form
 
 
+def test_adamw_runs_fused_on_the_cpu_and_steps_as_the_reference_adamw(tiny_config, images):
+    """On the CPU (and CUDA) the trainer's AdamW is torch's fused kernel, one op per parameter where the default runs
+    several: over three steps with weight decay and an lr scale its weights stay within float rounding of the
+    reference (for-loop) AdamW's. A snapshot keeps the choice, so a run saved by the reference AdamW resumes on it."""
+    cfg = OptimConfig(steps=3, lr=1e-3, warmup_steps=1, lr_scales=(("encoder.queries", 4.0),))
+    runs = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = VLV(tiny_config)
+        model.set_trainable(["encoder.queries", "encoder.projection"])
+        trainer = Trainer(model.autoencoder(), cfg)
+        assert all(group["fused"] for group in trainer.optimizer.param_groups)
+        if not fused:
+            for group in trainer.optimizer.param_groups:
+                group["fused"], group["foreach"] = None, False
+        for _ in range(3):
+            trainer.train_step({"images": images, "seeds": torch.arange(len(images))})
+        runs.append({n: p.detach().clone() for n, p in trainer.params.items()})
+    moved = 0
+    for name, weight in runs[0].items():
+        torch.testing.assert_close(weight, runs[1][name], rtol=1e-5, atol=1e-6)
+        moved += 1
+    assert moved == len(runs[1]) >= 3
+    saved = trainer.state_dict()  # the reference AdamW's run
+    resumed = Trainer(trainer.model, cfg)
+    resumed.load_state_dict(saved)
+    assert not any(group["fused"] for group in resumed.optimizer.param_groups)
+
+
 def test_lr_scales_that_name_no_parameter_or_are_not_positive_are_refused(tiny_config):
     model = VLV(tiny_config)
     model.set_trainable(["encoder.queries"])

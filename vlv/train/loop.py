@@ -113,9 +113,16 @@ class Optimizers:
             part.load_state_dict(saved)
 
 
+# Devices where AdamW runs as one fused kernel per parameter: on the CPU its default (one small op per update term and
+# parameter) took 4.5 ms a step for the `small` preset's stage 1, the fused kernel 0.95 ms.
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
 def build_optimizer(params: dict[str, nn.Parameter], cfg: OptimConfig):
     """AdamW over `params` in one group per learning-rate scale, or (`cfg.optimizer == "muon"`) Muon over the hidden
-    layers' weight matrices and AdamW over the rest (`Optimizers`)."""
+    layers' weight matrices and AdamW over the rest (`Optimizers`). AdamW is the fused kernel where the parameters
+    live on a device that has it (`FUSED_ADAMW_DEVICES`), the default implementation elsewhere."""
+    fused = all(p.device.type in FUSED_ADAMW_DEVICES for p in params.values()) or None
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in params.items():
         groups.setdefault((cfg.optimizer == "muon" and muon_param(name, p), cfg.lr_scale(name)), []).append(p)
@@ -123,7 +130,7 @@ def build_optimizer(params: dict[str, nn.Parameter], cfg: OptimConfig):
     def part(muon: bool) -> torch.optim.Optimizer:
         chosen = [{"params": ps, "lr_scale": scale} for (m, scale), ps in groups.items() if m == muon]
         if not muon:
-            return torch.optim.AdamW(chosen, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+            return torch.optim.AdamW(chosen, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused)
         return torch.optim.Muon(chosen, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
 
     if cfg.optimizer == "adamw":
