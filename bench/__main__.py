@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case", nargs="*", default=list(DEFAULT_CASES), choices=[*DEFAULT_CASES, "stage1-efficiency"],
                    help="cases to run (default: all but stage1-efficiency)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=5, help="timed repeats of each case after a warm-up")
+    p.add_argument("--compile", action="store_true",
+                   help="stage1-step: also time ours with its networks compiled (minutes of compiling)")  # fmt: skip
     p.add_argument("--caption-model", default=None, help="a trained shapes captioner (default: runs/demo/model)")
     p.add_argument("--work", default="runs/bench/stage1_efficiency",
                    help="stage1-efficiency: where its runs keep their state (a stopped case continues)")  # fmt: skip
@@ -71,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if "stage1-step" in args.case:
         from bench import stage1_step
 
-        step = stage1_step.run(args.device, repeats=args.repeats)
-        results.update({k: step[k] for k in ("stage1_step", "memory")})
+        step = stage1_step.run(args.device, repeats=args.repeats, compile=args.compile)
+        results.update({k: step[k] for k in ("stage1_step", "memory", "stage1_step_compiled") if k in step})
         # the step's own dtype: bf16 under autocast on a GPU, fp32 on the CPU
         dtype = torch.bfloat16 if torch.device(args.device).type == "cuda" else torch.float32
         matmul = harness.matmul_flops_per_second(args.device, dtype)

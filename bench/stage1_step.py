@@ -6,7 +6,10 @@ paper's block structure at small width, 128-px images, a VAE), same model, same 
   attention (diffusers' and transformers' default), bf16 autocast on a GPU (what `vlv train autoencoder --latents
   CACHE [--mixed-precision bf16]` runs). Frozen weights get no gradients in both.
 
-Also: FLOPs of the step (counted), for the roofline case, and the peak memory of each.
+Also: FLOPs of the step (counted), for the roofline case, and the peak memory of each. With `compile=True`
+(`python -m bench --case stage1-step --compile`), ours again with the networks compiled (`VLV.compile_networks`,
+what `vlv train --compile` runs) against ours in eager mode, rounds alternating on the one model
+(`torch.compiler.set_stance`), and the seconds the first compiled step took.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import time
 
 import torch
 
-from bench.harness import compare_rates, interleaved, peak_memory
+from bench.harness import compare_rates, interleaved, peak_memory, synchronize
 from vlv.model import VLV
 from vlv.presets import STAGE1_PARTS, preset
 from vlv.shapes.world import render_batch, sample_scenes
@@ -61,7 +65,7 @@ def _steps(device: str, batch_size: int) -> dict:
         finally:
             unet.disable_gradient_checkpointing()
 
-    return {"ours": ours, "official": official, "composition": composition, "batch": ours_batch}
+    return {"ours": ours, "official": official, "composition": composition, "batch": ours_batch, "model": model}
 
 
 def fresh_peak(which: str, device: str, batch_size: int) -> int:
@@ -80,7 +84,25 @@ def _child_peak(which: str, device: str, batch_size: int) -> int:
     return peak_memory(lambda: (step(), step()), device)
 
 
-def run(device: str = "cpu", *, batch_size: int = 8, repeats: int = 5) -> dict:
+def compiled_against_eager(steps: dict, device: str, *, batch_size: int, repeats: int, backend: str = "inductor"):
+    """Ours with its networks compiled against ours in eager mode, on the same model: the first compiled step's
+    seconds (compilation included), then rounds alternating the two."""
+    steps["model"].compile_networks(backend=backend)
+    start = time.perf_counter()
+    steps["ours"]()
+    synchronize(device)
+    first = time.perf_counter() - start
+
+    def eager() -> None:
+        with torch.compiler.set_stance("force_eager"):
+            steps["ours"]()
+
+    times = interleaved({"compiled": steps["ours"], "eager": eager}, repeats=repeats, device=device)
+    result = compare_rates(times["compiled"], times["eager"], "samples/s", work=(batch_size, batch_size))
+    return {**result, "backend": backend, "first_step_seconds": first}
+
+
+def run(device: str = "cpu", *, batch_size: int = 8, repeats: int = 5, compile: bool = False) -> dict:
     steps = _steps(device, batch_size)
     times = interleaved({"ours": steps["ours"], "official": steps["official"]}, repeats=repeats, device=device)
     memory = {
@@ -90,7 +112,9 @@ def run(device: str = "cpu", *, batch_size: int = 8, repeats: int = 5) -> dict:
         + ("(max allocated)" if torch.device(device).type == "cuda" else "(resident set, sampled)"),
     }
     flops = step_flops(steps["composition"], steps["batch"])
+    compiled = compiled_against_eager(steps, device, batch_size=batch_size, repeats=repeats) if compile else None
     return {
+        **({"stage1_step_compiled": compiled} if compiled else {}),
         "stage1_step": compare_rates(times["ours"], times["official"], "samples/s", work=(batch_size, batch_size)),
         "stage1_step_times": times,
         "memory": memory,

@@ -114,6 +114,19 @@ def test_a_run_killed_hard_after_a_checkpoint_resumes_to_the_same_weights_bit_fo
     assert all(torch.equal(ours[k], reference[k]) for k in ours)
 
 
+def test_a_compiled_run_trains_to_the_weights_of_the_eager_run(tmp_path, images, uninterrupted):
+    """`--compile BACKEND` runs the step's networks through torch.compile (aot_eager here: its graphs without
+    inductor's minutes of code generation) through the whole run, checkpoints and sample grids included; the run
+    records the choice and ends at the eager run's weights, saved under the same names."""
+    out = tmp_path / "compiled"
+    assert main(train_args(out, images, "--compile", "aot_eager")) == 0
+    assert json.loads((out / "run.json").read_text())["run"]["compile"] == "aot_eager"
+    ours, reference = weights(out), weights(uninterrupted)
+    assert ours.keys() == reference.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], reference[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, images, uninterrupted, caplog):
     out = tmp_path / "corrupt"
     assert main(train_args(out, images, steps=6)) == 0

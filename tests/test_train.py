@@ -112,6 +112,41 @@ def test_every_trainable_parameter_is_reached_by_its_stages_loss(tiny_config, im
     assert names and all(n.startswith("encoder.") for n in names)
 
 
+def test_compiled_networks_train_as_the_eager_ones_and_parts_built_later_are_compiled_too(tiny_config, images):
+    """`compile_networks` runs the step's networks through torch.compile (here a backend that records the graphs it
+    is handed): a stage-1 step gives the eager step's loss and gradients, the UNet runs as a captured graph, the LLM
+    built afterwards for stage 2 is compiled as it is built, and the names the weights are saved under do not change."""
+    graphs = []
+
+    def recorder(gm, example_inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    batch = _batches(images)(0)
+    results = []
+    for compiled in (False, True):
+        model = VLV(tiny_config)
+        model.set_trainable(STAGE1_PARTS)
+        composition = model.autoencoder()
+        if compiled:
+            model.compile_networks(backend=recorder)
+        torch.manual_seed(0)
+        loss = composition(batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in composition.named_parameters() if p.requires_grad}))
+    (eager_loss, eager_grads), (loss, grads) = results
+    torch.testing.assert_close(loss, eager_loss)
+    assert grads.keys() == eager_grads.keys() and len(grads) > 10
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert any("conv_in" in code for code in graphs)  # the teacher UNet's first layer, inside a captured graph
+    assert not any("gate_proj" in code for code in graphs)  # no LLM yet: stage 1 does not build it
+    model.set_trainable(PHASE_PARTS["llm"])
+    model.captioner()(batch).backward()
+    assert any("gate_proj" in code for code in graphs)  # the LLM's MLP (built after `compile_networks`)
+    assert all("_orig_mod" not in key for key in model.state_dict())
+
+
 def test_stage_one_lowers_the_fixed_noise_loss_towards_what_z_can_reach(tiny_config, images):
     model = VLV(tiny_config)
     latents = model.decoder.encode_images(to_batch(images, tiny_config.teacher.image_size)).repeat_interleave(8, 0)

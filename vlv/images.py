@@ -144,8 +144,10 @@ def bicubic_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     H, W = x.shape[-2:]
     if (H, W) == tuple(size):
         return x
-    rows = _bicubic_weights(H, size[0], x.device, x.dtype)  # (h, H)
-    cols = _bicubic_weights(W, size[1], x.device, x.dtype)  # (w, W)
+    # Under torch.compile the weights are traced as the constants they are (the compiled graph keeps them).
+    weights = _bicubic_weights.__wrapped__ if torch.compiler.is_compiling() else _bicubic_weights
+    rows = weights(H, size[0], x.device, x.dtype)  # (h, H)
+    cols = weights(W, size[1], x.device, x.dtype)  # (w, W)
     return rows @ x @ cols.T
 
 

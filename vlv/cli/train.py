@@ -107,6 +107,9 @@ def _common_flags() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no",
                    help="bf16: autocast forward, bf16 frozen weights, fp32 trained weights (GPU)")  # fmt: skip
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet / LLM activations")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the encoder, text encoder, UNet and LLM (backend: inductor); the first steps "
+                   "pay minutes of compilation, so it helps long runs only")  # fmt: skip
     p.add_argument("--num-workers", type=int, default=2, help="data-loading processes per training process")
     # checkpoints and logging
     p.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints")
@@ -133,7 +136,8 @@ def _run_config(args) -> RunConfig:
     return RunConfig(
         out=args.out, data=args.data, latents=args.latents, save_every=args.save_every, keep=args.keep,
         accumulation=args.grad_accum, mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing, num_workers=args.num_workers, log_every=args.log_every,
+        gradient_checkpointing=args.gradient_checkpointing, compile=args.compile, num_workers=args.num_workers,
+        log_every=args.log_every,
         image_column=args.image_column, caption_column=args.caption_column, preview=args.preview, wandb=args.wandb,
         conditioning_cache_gib=getattr(args, "conditioning_cache_gib", RunConfig.conditioning_cache_gib),
     )  # fmt: skip

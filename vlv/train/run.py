@@ -62,6 +62,9 @@ class RunConfig:
     accumulation: int = 1  # micro-batches per optimizer step (per process)
     mixed_precision: str = "no"  # "bf16": autocast forward, bf16 frozen weights, fp32 trained weights
     gradient_checkpointing: bool = False  # recompute UNet / LLM activations in backward
+    # torch.compile the networks a step runs with this backend ("inductor"; `VLV.compile_networks`); None: eager.
+    # Compiling takes minutes: it pays back on long runs only.
+    compile: str | None = None
     num_workers: int = 2  # data-loading processes per training process
     log_every: int = 50  # steps between log entries (loss, lr, samples/s)
     image_column: str = "image"  # parquet columns
@@ -282,6 +285,8 @@ class _Run:
             model.cast_untrained(torch.bfloat16, keep=keep)
         if run.gradient_checkpointing:
             model.set_gradient_checkpointing(True)
+        if run.compile is not None:
+            model.compile_networks(backend=run.compile)
         trainer = Trainer(composition, phase.optim, desc=phase.name, accelerator=self.acc)
         position = None
         if resumed:
