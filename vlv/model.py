@@ -30,6 +30,7 @@ import copy
 import dataclasses
 import os
 import warnings
+import weakref
 from pathlib import Path
 
 import torch
@@ -79,7 +80,7 @@ class VLV(nn.Module):
         # An empty buffer that follows `.to()`, so that parts built later land on the model's device and dtype.
         self.register_buffer("_anchor", torch.empty(0), persistent=False)
         self._compile_options: dict | None = None  # set by `compile_networks`
-        self._compiled: set[int] = set()  # ids of the networks compiled so far
+        self._compiled: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # the networks compiled so far
 
     @property
     def device(self) -> torch.device:
@@ -364,9 +365,9 @@ class VLV(nn.Module):
     def _compile_part(self, name: str) -> None:
         part = self.parts[name]
         network = {"decoder": lambda: part.unet, "caption_decoder": lambda: part.llm}.get(name, lambda: part)()
-        if id(network) not in self._compiled:
+        if network not in self._compiled:
             network.compile(**self._compile_options)
-            self._compiled.add(id(network))
+            self._compiled.add(network)
 
     # ----- inference API -------------------------------------------------------------------------------------
 
