@@ -352,19 +352,16 @@ class VLV(nn.Module):
                 network.activation_checkpointing_disable()
 
     def compile_networks(self, **options) -> None:
-        """`torch.compile` (with `options`, e.g. backend="inductor", mode=...) the networks a training step runs: the
-        encoder, the conditioner's text encoder, the teacher UNet and the LLM. Each is compiled in place
-        (`nn.Module.compile`), so names, state dicts and saves are unchanged. Applies to the parts built so far and to
-        those built later. The first step (and each new input shape) pays for compilation: on the CPU the `small`
-        preset's UNet and encoder took minutes to compile for a stage-1 step 1.17× faster, so it pays back on long
-        runs only (`vlv train --compile`)."""
+        """`torch.compile` (`options` as it takes them) the encoder, the text encoder, the UNet and the LLM, in place
+        (`nn.Module.compile`: state dicts unchanged), now and as parts are built later (`vlv train --compile`). Each
+        new input shape compiles again (minutes on a CPU), so it pays back on long runs only."""
         self._compile_options = dict(options)
         for name in self.parts:
             self._compile_part(name)
 
     def _compile_part(self, name: str) -> None:
         part = self.parts[name]
-        network = {"decoder": lambda: part.unet, "caption_decoder": lambda: part.llm}.get(name, lambda: part)()
+        network = part.unet if name == "decoder" else part.llm if name == "caption_decoder" else part
         if network not in self._compiled:
             network.compile(**self._compile_options)
             self._compiled.add(network)
